@@ -1,0 +1,251 @@
+"""Train the behaviour policies that the stand-in datasets are collected with.
+
+Online SAC (Haarnoja et al., 2018) with automatic entropy tuning, on the `common/`
+networks. Every `--save-every` environment steps the actor is saved, and its return
+over `--eval-episodes` deterministic episodes is appended to `history.csv`, so that
+`benchmarks/select_behavior.py` can later pick the expert and medium checkpoints.
+
+    python -m benchmarks.train_behavior --env hopper            # about an hour on 2 cores
+    python -m benchmarks.train_behavior --env hopper            # again: resumes where it stopped
+
+Deviation from the paper, for speed on a CPU: instead of one gradient step after each
+environment step, the agent takes `--update-every` environment steps and then the same
+number of gradient steps in one compiled call. The update-to-data ratio stays 1.
+"""
+
+import csv
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import flax.serialization
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from tqdm import tqdm
+
+from common.evaluation import run_episodes
+from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian
+
+ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
+BEHAVIOR_DIR = Path(__file__).parent / "behavior"
+
+
+@dataclass
+class Args:
+    env: str = "hopper"
+    """one of hopper, halfcheetah, walker2d"""
+    seed: int = 0
+    total_steps: int = 1_000_000
+    """environment steps (and gradient steps)"""
+    learning_starts: int = 10_000
+    """uniformly random actions before the first update"""
+    update_every: int = 50
+    """environment steps between two compiled blocks of as many gradient steps"""
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    discount: float = 0.99
+    tau: float = 0.005
+    """polyak rate of the target critic"""
+    save_every: int = 10_000
+    """save the actor and evaluate it every this many environment steps"""
+    eval_episodes: int = 10
+    resume_every: int = 50_000
+    """write the full training state (replay buffer included) every this many steps"""
+    out_dir: Path = BEHAVIOR_DIR
+
+
+class SACState(NamedTuple):
+    actor: dict
+    critic: dict
+    target_critic: dict
+    log_alpha: jax.Array
+    actor_opt: optax.OptState
+    critic_opt: optax.OptState
+    alpha_opt: optax.OptState
+    key: jax.Array
+
+
+def make_agent(args: Args, obs_dim: int, action_dim: int):
+    actor = TanhGaussianActor(action_dim)
+    critic = TwinCritic()
+    opt = optax.adam(args.learning_rate)
+    target_entropy = -float(action_dim)
+
+    def init(key):
+        k_actor, k_critic, key = jax.random.split(key, 3)
+        obs, act = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
+        actor_params = actor.init(k_actor, obs)
+        critic_params = critic.init(k_critic, obs, act)
+        log_alpha = jnp.zeros(())
+        return SACState(actor_params, critic_params, critic_params, log_alpha,
+                        opt.init(actor_params), opt.init(critic_params), opt.init(log_alpha), key)
+
+    def critic_loss(critic_params, state, batch, key):
+        next_action, next_log_prob = sample_tanh_gaussian(*actor.apply(state.actor, batch["next_obs"]), key)
+        next_q = critic.apply(state.target_critic, batch["next_obs"], next_action).min(0)
+        next_v = next_q - jnp.exp(state.log_alpha) * next_log_prob
+        target = batch["reward"] + args.discount * (1.0 - batch["terminal"]) * next_v
+        q = critic.apply(critic_params, batch["obs"], batch["action"])
+        return ((q - jax.lax.stop_gradient(target)) ** 2).mean(), q.mean()
+
+    def actor_loss(actor_params, state, batch, key):
+        action, log_prob = sample_tanh_gaussian(*actor.apply(actor_params, batch["obs"]), key)
+        q = critic.apply(state.critic, batch["obs"], action).min(0)
+        return (jnp.exp(state.log_alpha) * log_prob - q).mean(), log_prob
+
+    def update(state: SACState, batch):
+        key, k_critic, k_actor = jax.random.split(state.key, 3)
+        (c_loss, q_mean), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state.critic, state, batch, k_critic)
+        c_updates, critic_opt = opt.update(c_grads, state.critic_opt)
+        critic_params = optax.apply_updates(state.critic, c_updates)
+        state = state._replace(critic=critic_params, critic_opt=critic_opt)
+
+        (a_loss, log_prob), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor, state, batch, k_actor)
+        a_updates, actor_opt = opt.update(a_grads, state.actor_opt)
+        actor_params = optax.apply_updates(state.actor, a_updates)
+
+        entropy_gap = jax.lax.stop_gradient(-log_prob.mean() - target_entropy)
+        alpha_grad = entropy_gap  # d/dlog_alpha of log_alpha * (entropy - target)
+        alpha_updates, alpha_opt = opt.update(alpha_grad, state.alpha_opt)
+        log_alpha = optax.apply_updates(state.log_alpha, alpha_updates)
+
+        target = optax.incremental_update(critic_params, state.target_critic, args.tau)
+        state = SACState(actor_params, critic_params, target, log_alpha, actor_opt, critic_opt, alpha_opt, key)
+        return state, {"critic_loss": c_loss, "actor_loss": a_loss, "q": q_mean, "alpha": jnp.exp(log_alpha)}
+
+    @jax.jit
+    def train_block(state, batches):
+        state, metrics = jax.lax.scan(update, state, batches)
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    @jax.jit
+    def act(actor_params, obs, key):
+        return sample_tanh_gaussian(*actor.apply(actor_params, obs), key)[0]
+
+    @jax.jit
+    def act_deterministic(actor_params, obs):
+        return jnp.tanh(actor.apply(actor_params, obs)[0])
+
+    return init, train_block, act, act_deterministic
+
+
+class ReplayBuffer:
+    """Preallocated numpy arrays; batches are drawn on the host by a seeded generator."""
+
+    FIELDS = ("obs", "action", "reward", "next_obs", "terminal")
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int):
+        dims = {"obs": obs_dim, "action": action_dim, "next_obs": obs_dim}
+        self.data = {k: np.zeros((capacity, dims[k]) if k in dims else (capacity,), np.float32) for k in self.FIELDS}
+        self.size = 0
+
+    def add(self, **transition):
+        for k, v in transition.items():
+            self.data[k][self.size] = v
+        self.size += 1
+
+    def sample(self, rng: np.random.Generator, num_batches: int, batch_size: int):
+        idx = rng.integers(0, self.size, size=(num_batches, batch_size))
+        return {k: v[idx] for k, v in self.data.items()}
+
+
+def save_resume(path: Path, state, buffer: ReplayBuffer, step: int, episodes: int, rng: np.random.Generator):
+    tmp = path.with_suffix(".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "state.msgpack").write_bytes(flax.serialization.to_bytes(state))
+    np.savez(tmp / "buffer.npz", **{k: v[: buffer.size] for k, v in buffer.data.items()})
+    meta = {"step": step, "episodes": episodes, "rng": rng.bit_generator.state}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    if path.exists():
+        for f in path.iterdir():
+            f.unlink()
+        path.rmdir()
+    tmp.rename(path)  # atomic: a kill mid-write leaves the previous resume point intact
+
+
+def main(args: Args):
+    env_id = ENVS[args.env]
+    out = args.out_dir / args.env
+    ckpt_dir, resume_dir = out / "checkpoints", args.out_dir / "_resume" / args.env
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    env = gym.make(env_id)
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    init, train_block, act, act_deterministic = make_agent(args, obs_dim, action_dim)
+
+    state = init(jax.random.PRNGKey(args.seed))
+    buffer = ReplayBuffer(args.total_steps, obs_dim, action_dim)
+    rng = np.random.default_rng(args.seed)
+    obs, _ = env.reset(seed=args.seed)
+    step, episodes = 0, 0
+    if (resume_dir / "meta.json").exists():
+        meta = json.loads((resume_dir / "meta.json").read_text())
+        state = flax.serialization.from_bytes(state, (resume_dir / "state.msgpack").read_bytes())
+        with np.load(resume_dir / "buffer.npz") as saved:
+            for k in buffer.FIELDS:
+                buffer.data[k][: len(saved[k])] = saved[k]
+            buffer.size = len(saved["obs"])
+        step, episodes = meta["step"], meta["episodes"]
+        rng.bit_generator.state = meta["rng"]
+        # The simulator's internal state is not saved: the episode in progress restarts.
+        obs, _ = env.reset(seed=args.seed + step)
+        print(f"resumed {env_id} at step {step}")
+    (out / "config.json").write_text(json.dumps({**vars(args), "out_dir": str(args.out_dir), "env_id": env_id,
+                                                 "obs_dim": obs_dim, "action_dim": action_dim}, indent=2))
+
+    stop = False
+
+    def request_stop(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    history = out / "history.csv"
+    if not history.exists():
+        history.write_text("step,eval_return_mean,eval_return_std,train_episodes,wall_time\n")
+    act_key = jax.random.PRNGKey(args.seed + 1_000_003)
+    bar = tqdm(total=args.total_steps, initial=step, desc=env_id, smoothing=0.05)
+    start, metrics = time.time(), {}
+    while step < args.total_steps and not stop:
+        for _ in range(args.update_every):
+            if step < args.learning_starts:
+                action = rng.uniform(-1, 1, action_dim).astype(np.float32)
+            else:
+                act_key, k = jax.random.split(act_key)
+                action = np.asarray(act(state.actor, obs, k))
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            buffer.add(obs=obs, action=action, reward=reward, next_obs=next_obs, terminal=float(terminated))
+            obs, step = next_obs, step + 1
+            if terminated or truncated:
+                obs, _ = env.reset(seed=args.seed + step)
+                episodes += 1
+        bar.update(args.update_every)
+        if step >= args.learning_starts:
+            batches = buffer.sample(rng, args.update_every, args.batch_size)
+            state, metrics = train_block(state, batches)
+        if step % args.save_every == 0:
+            (ckpt_dir / f"actor_{step:07d}.msgpack").write_bytes(flax.serialization.to_bytes(state.actor))
+            returns = run_episodes(lambda o: act_deterministic(state.actor, o), env_id, args.eval_episodes, 10_000)
+            with history.open("a") as f:
+                csv.writer(f).writerow([step, f"{returns.mean():.1f}", f"{returns.std():.1f}", episodes,
+                                        f"{time.time() - start:.0f}"])
+            bar.write(f"step {step}: eval return {returns.mean():.0f} ± {returns.std():.0f}  "
+                      + "  ".join(f"{k} {float(v):.3g}" for k, v in metrics.items()))
+        if step % args.resume_every == 0 or stop:
+            save_resume(resume_dir, state, buffer, step, episodes, rng)
+    bar.close()
+    if stop:
+        print(f"stopped at step {step}; run the same command to resume")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

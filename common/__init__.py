@@ -1,0 +1,1 @@
+"""Plumbing shared by the four algorithm scripts: data, networks, evaluation, logging."""

@@ -1,0 +1,191 @@
+"""Load an offline RL dataset by name, from wherever it can be found, as flat float32 arrays.
+
+    data = load_dataset("hopper-medium")
+    data.obs, data.action, data.reward, data.next_obs, data.terminal   # one row per transition
+
+Names: D4RL-style (`hopper-medium`, `walker2d-medium-expert`, D4RL's `hopper-medium-v2` too)
+or any Minari id (`mujoco/hopper/medium-v0`). Where the data comes from, in order:
+  1. the local Minari store ($MINARI_DATASETS_PATH, else ~/.minari/datasets);
+  2. Minari's hub, if it answers within a few seconds;
+  3. this project's stand-in, built from its own behaviour policies (`benchmarks/make_datasets.py`)
+     and stored under its own namespace, so it is never mistaken for the official data.
+"""
+
+import difflib
+import json
+import os
+import re
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+STANDIN_NAMESPACE = "offrl-standin"
+ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
+QUALITIES = ("random", "medium", "expert", "medium-expert")
+OFFICIAL_QUALITIES = ("medium", "expert")  # what Minari's hub publishes under mujoco/<env>/ of these
+D4RL_NAMES = [f"{env}-{quality}" for env in ENVS for quality in QUALITIES]
+REFERENCE_SCORES = Path(__file__).with_name("reference_scores.json")
+HUB_TIMEOUT_S = 3.0
+
+
+class DatasetError(Exception):
+    """A dataset could not be named, found, fetched or read. The message says what to do."""
+
+
+@dataclass
+class OfflineDataset:
+    dataset_id: str
+    source: str  # where the data came from, for the run's logs
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    terminal: np.ndarray  # 1.0 only where the episode truly ended; time-limit truncations are 0.0
+    episode_returns: np.ndarray
+    env_spec: gym.envs.registration.EnvSpec  # the evaluation environment (Hopper-v5, ...)
+    ref_min_score: float | None
+    ref_max_score: float | None
+    notes: list[str] = field(default_factory=list)  # what a user should know (reference scores, name mapping)
+
+    def normalized_score(self, episode_return):
+        """100 * (return - ref_min) / (ref_max - ref_min), or None where no references exist."""
+        if self.ref_min_score is None or self.ref_max_score is None:
+            return None
+        return 100.0 * (np.asarray(episode_return) - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
+
+
+@dataclass
+class Resolved:
+    official_id: str | None  # a Minari id to look for locally and on the hub
+    standin_id: str | None  # the project's stand-in with the same contents, if it can build one
+    note: str | None = None
+
+
+def resolve_name(name: str) -> Resolved:
+    """Map a user's dataset name to the Minari ids that may hold it."""
+    d4rl = re.fullmatch(r"(\w+?)-(random|medium-expert|medium|expert)(-v\d+)?", name)
+    if d4rl and d4rl[1] in ENVS:
+        env, quality, version = d4rl.groups()
+        official = f"mujoco/{env}/{quality}-v0" if quality in OFFICIAL_QUALITIES else None
+        note = None
+        if version:
+            target = official or f"{STANDIN_NAMESPACE}/{env}/{quality}-v0"
+            note = f"{name} is D4RL's name; using {target} ({ENVS[env]}), which is not D4RL's {version[1:]} data."
+        return Resolved(official, f"{STANDIN_NAMESPACE}/{env}/{quality}-v0", note)
+    minari_id = re.fullmatch(r"([\w-]+)/(\w+)/([\w-]+)-v(\d+)", name)
+    if minari_id:
+        namespace, env, quality, _ = minari_id.groups()
+        standin = f"{STANDIN_NAMESPACE}/{env}/{quality}-v0" if env in ENVS and quality in QUALITIES else None
+        if namespace == STANDIN_NAMESPACE:
+            return Resolved(None, standin or name)
+        return Resolved(name, standin if namespace == "mujoco" else None)
+    suggestion = difflib.get_close_matches(name, D4RL_NAMES, n=1)
+    hint = f" Did you mean '{suggestion[0]}'?" if suggestion else ""
+    raise DatasetError(
+        f"Unknown dataset '{name}'.{hint} Valid names: {', '.join(D4RL_NAMES)}, "
+        f"D4RL's '-v2' forms of these, or a Minari id such as mujoco/hopper/medium-v0."
+    )
+
+
+def load_dataset(name: str) -> OfflineDataset:
+    """Find the dataset (local store, then hub, then stand-in) and return it as flat arrays."""
+    import minari
+
+    resolved = resolve_name(name)
+    notes = [resolved.note] if resolved.note else []
+    local = set(minari.list_local_datasets())
+    if resolved.official_id in local:
+        return _read(resolved.official_id, "local Minari store", notes)
+    if resolved.official_id:
+        reachable, why = hub_reachable()
+        if reachable:
+            try:
+                minari.download_dataset(resolved.official_id)
+                return _read(resolved.official_id, "Minari hub (downloaded now)", notes)
+            except Exception as e:  # a name the hub lacks, a dropped connection: fall through to the stand-in
+                why = f"download failed: {e}"
+        if resolved.standin_id is None:
+            raise DatasetError(f"{resolved.official_id} is not in the local Minari store and the hub cannot be used "
+                               f"({why}). Download it on a machine with internet (minari download "
+                               f"{resolved.official_id}) and copy it into $MINARI_DATASETS_PATH.")
+        notes.append(f"{resolved.official_id} not available ({why}); using this project's stand-in "
+                     f"{resolved.standin_id} instead, which is NOT the official data.")
+    if resolved.standin_id not in local:
+        print(f"[data] building stand-in dataset {resolved.standin_id} (once; it is stored in the local Minari store)")
+        try:
+            from benchmarks.make_datasets import build_dataset
+        except ImportError as e:
+            raise DatasetError(f"{resolved.standin_id} is not in the local Minari store, and it can only be built "
+                               f"from this repository's benchmarks/make_datasets.py ({e}).") from e
+        build_dataset(resolved.standin_id)
+    return _read(resolved.standin_id, "project stand-in (local Minari store)", notes)
+
+
+def hub_reachable() -> tuple[bool, str]:
+    """Can Minari's remote be reached? Answers within HUB_TIMEOUT_S instead of retrying for a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False, "HF_HUB_OFFLINE is set"
+    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+    url = "https://storage.googleapis.com" if remote.startswith("gcp://") else os.environ.get(
+        "HF_ENDPOINT", "https://huggingface.co")
+    host, port = urllib.parse.urlparse(url).hostname, urllib.parse.urlparse(url).port or 443
+    try:
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+        return True, ""
+    except OSError as e:
+        return False, f"cannot connect to {host}: {e}"
+
+
+def _read(dataset_id: str, source: str, notes: list[str]) -> OfflineDataset:
+    """Read a dataset from the local store into flat arrays, or raise DatasetError saying why not."""
+    import minari
+    from minari.storage import get_dataset_path
+
+    path = get_dataset_path(dataset_id)
+    try:
+        dataset = minari.load_dataset(dataset_id)
+        episodes = list(dataset.storage.get_episodes(dataset.episode_indices))
+        env_spec = dataset.recover_environment(eval_env=True).spec
+        metadata = dataset.storage.metadata
+    except Exception as e:
+        raise DatasetError(f"Could not read dataset {dataset_id} at {path}: {type(e).__name__}: {e}. The file may be "
+                           f"corrupted or incomplete; delete that folder and run again to rebuild or re-download it.") from e
+    if not episodes:
+        raise DatasetError(f"Dataset {dataset_id} at {path} holds no episodes; delete that folder and run again.")
+
+    obs, next_obs, action, reward, terminal, returns = [], [], [], [], [], []
+    for ep in episodes:
+        o = np.asarray(ep["observations"], np.float32)  # T+1 observations for T actions
+        if o.ndim != 2 or len(o) != len(ep["actions"]) + 1:
+            raise DatasetError(f"Dataset {dataset_id}: episode {ep['id']} is not a flat Box episode with T+1 "
+                               f"observations (observations {o.shape}, actions {np.shape(ep['actions'])}).")
+        obs.append(o[:-1])
+        next_obs.append(o[1:])
+        action.append(ep["actions"])
+        reward.append(ep["rewards"])
+        terminal.append(ep["terminations"])
+        returns.append(np.sum(ep["rewards"]))
+    ref_min, ref_max, ref_note = reference_scores(metadata, env_spec.id)
+    if ref_note:
+        notes.append(ref_note)
+    print(f"[data] {dataset_id}: {len(episodes)} episodes, {sum(map(len, obs))} transitions, from {source}")
+    for note in notes:
+        print(f"[data] note: {note}")
+    f32 = lambda parts: np.concatenate(parts).astype(np.float32)  # noqa: E731
+    return OfflineDataset(dataset_id, source, f32(obs), f32(action), f32(reward), f32(next_obs), f32(terminal),
+                          np.asarray(returns, np.float32), env_spec, ref_min, ref_max, notes)
+
+
+def reference_scores(metadata: dict, env_id: str) -> tuple[float | None, float | None, str | None]:
+    """The dataset's own reference returns, else this project's for the same environment, else none."""
+    if metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
+        return float(metadata["ref_min_score"]), float(metadata["ref_max_score"]), None
+    ours = json.loads(REFERENCE_SCORES.read_text()).get(env_id) if REFERENCE_SCORES.exists() else None
+    if ours:
+        return (ours["random"], ours["expert"], f"the dataset has no reference scores; normalizing with this "
+                f"project's own random ({ours['random']:.0f}) and expert ({ours['expert']:.0f}) returns on {env_id}.")
+    return None, None, f"no reference scores for {env_id}: reporting raw returns, not normalized scores."
