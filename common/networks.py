@@ -71,6 +71,22 @@ class DeterministicActor(nn.Module):
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
+class GaussianActor(nn.Module):
+    """Gaussian with a tanh-bounded mean and a learned state-independent log-std (IQL's and AWR's policy).
+
+    Returns (mean, log_std); the mean is the deterministic action, `gaussian_log_prob` scores dataset actions.
+    """
+
+    action_dim: int
+    hidden_dims: Sequence[int] = (256, 256)
+
+    @nn.compact
+    def __call__(self, obs):
+        mean = jnp.tanh(MLP(self.hidden_dims, self.action_dim)(obs))
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        return mean, jnp.broadcast_to(jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX), mean.shape)
+
+
 class TanhGaussianActor(nn.Module):
     """Gaussian with state-dependent mean and log-std, squashed by tanh (SAC's policy).
 

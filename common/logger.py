@@ -1,0 +1,93 @@
+"""Run directories, TensorBoard scalars, checkpoints and the guards every training loop needs."""
+
+import dataclasses
+import json
+import signal
+import time
+from pathlib import Path
+
+import flax.serialization
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+class Run:
+    """One experiment: `runs/{env_id}__{exp_name}__{seed}__{unix_time}` with TensorBoard logs and checkpoints."""
+
+    def __init__(self, args, root: Path = Path("runs")):
+        self.dir = root / f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.dir))
+        config = {k: str(v) for k, v in dataclasses.asdict(args).items()}
+        (self.dir / "args.json").write_text(json.dumps(config, indent=2) + "\n")
+        table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+
+    def scalars(self, values: dict, step: int):
+        for name, value in values.items():
+            self.writer.add_scalar(name, float(value), step)
+
+    def text(self, tag: str, text: str):
+        self.writer.add_text(tag, text)
+
+    def close(self):
+        self.writer.close()
+
+
+def save_checkpoint(path: Path, state, meta: dict):
+    """Write the whole training state as flax msgpack (no pickle), next to a small JSON header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(flax.serialization.msgpack_serialize(
+        {"meta": json.dumps(meta), "state": flax.serialization.to_state_dict(jax.device_get(state))}))
+    tmp.replace(path)  # atomic: an interrupted save never leaves half a checkpoint
+
+
+def load_checkpoint(path: Path, template, algorithm: str):
+    """Restore a state shaped like `template`; raises ValueError with a readable reason on a mismatch."""
+    if not Path(path).is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        raw = flax.serialization.msgpack_restore(Path(path).read_bytes())
+        meta = json.loads(raw["meta"])
+    except Exception as e:
+        raise ValueError(f"{path} is not a checkpoint written by this project ({type(e).__name__}: {e})") from e
+    if meta.get("algorithm") != algorithm:
+        raise ValueError(f"{path} was written by {meta.get('algorithm')}, not {algorithm}")
+    try:
+        state = flax.serialization.from_state_dict(template, raw["state"])
+        jax.tree.map(_same_shape, template, state)
+    except Exception as e:
+        raise ValueError(f"{path} does not fit these networks (env {meta.get('env_id')}): {e}") from e
+    return state, meta
+
+
+def _same_shape(a, b):
+    if np.shape(a) != np.shape(b):
+        raise ValueError(f"shape {np.shape(b)} where {np.shape(a)} was expected")
+
+
+def first_nonfinite(metrics: dict):
+    """(index, names) of the first update whose metrics hold a NaN/inf, from per-update arrays; else None."""
+    bad = {name: np.flatnonzero(~np.isfinite(np.asarray(values))) for name, values in metrics.items()}
+    bad = {name: idx[0] for name, idx in bad.items() if idx.size}
+    if not bad:
+        return None
+    first = min(bad.values())
+    return int(first), sorted(name for name, idx in bad.items() if idx == first)
+
+
+class GracefulInterrupt:
+    """Turn Ctrl-C (and SIGTERM) into a flag, so the loop can finish its chunk, save and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._request)
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, *_):
+        if self.requested:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this chunk, saving a checkpoint, then stopping (Ctrl-C again to abort)")

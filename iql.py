@@ -1,0 +1,278 @@
+"""Implicit Q-Learning (Kostrikov, Nair & Levine, 2022): offline RL that never queries Q at unseen actions.
+
+Objective, for (s, a, r, s', d) from the dataset, twin critics Q1, Q2 and their polyak targets Q̄1, Q̄2:
+
+    value   L_V  = E[ |τ − 1(u < 0)| · u² ],  u = min_i Q̄_i(s, a) − V(s)          (expectile τ of Q over data actions)
+    critic  L_Q  = Σ_i E[ (Q_i(s, a) − r − γ (1 − d) V(s'))² ]                    (V replaces max_a' Q(s', a'))
+    actor   L_π  = −E[ min(exp(β (min_i Q̄_i(s, a) − V(s))), 100) · log π(a | s) ]  (--actor-loss awr)
+         or L_π  = E[ −λ min_i Q̄_i(s, μ(s)) + ‖μ(s) − a‖² ],  λ = α / E|Q̄| held fixed   (--actor-loss ddpg_bc)
+    target  Q̄   ← (1 − ρ) Q̄ + ρ Q
+
+With τ → 1 the value approaches the best action *in the data* at each state, so the Bellman target
+r + γ V(s') is an in-sample maximum: no out-of-distribution action ever enters it. The actor is then
+extracted from the learned advantages; either extraction works on the same critic.
+
+Order of one update, as in the paper's code: V, then the actor (with the new V), then Q (with the new V),
+then the targets. Rewards are scaled by 1000 / (max − min episode return), as the paper does for locomotion.
+Deviations: none in the maths. For speed, the new V is evaluated once on [s; s'] and shared by the actor
+and critic losses, and min Q̄(s, a) is computed once for the value and actor losses.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from tqdm import tqdm
+
+from common.datasets import DatasetError, load_dataset
+from common.evaluation import run_episodes
+from common.logger import GracefulInterrupt, Run, first_nonfinite, load_checkpoint, save_checkpoint
+from common.networks import GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
+
+
+@dataclass
+class Args:
+    # experiment
+    env_id: str = "hopper-medium"
+    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id"""
+    exp_name: str = "iql"
+    seed: int = 0
+    total_steps: int = 1_000_000
+    """gradient updates"""
+    log_every: int = 1_000
+    """updates per compiled chunk; losses are logged once per chunk"""
+    eval_every: int = 10_000
+    """updates between two evaluations (a multiple of --log-every)"""
+    eval_episodes: int = 10
+    """deterministic evaluation episodes; episode i starts from reset(seed=10000 + i)"""
+    save_every: int = 0
+    """updates between two checkpoints (0: only the final one); a multiple of --log-every"""
+    eval_only: bool = False
+    """evaluate --checkpoint instead of training"""
+    checkpoint: Path | None = None
+    # algorithm
+    expectile: float = 0.7
+    """τ of the value's expectile regression, in [0.5, 1): 0.5 is the mean over data actions, → 1 their max"""
+    temperature: float = 3.0
+    """β of the AWR weights exp(β·A); 0 gives plain behaviour cloning"""
+    max_weight: float = 100.0
+    """clip of the AWR weights"""
+    actor_loss: Literal["awr", "ddpg_bc"] = "awr"
+    bc_alpha: float = 2.5
+    """α of the ddpg_bc actor loss"""
+    discount: float = 0.99
+    polyak: float = 0.005
+    """ρ of the target critic update"""
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    """for all networks; the actor's decays to 0 along a cosine over --total-steps"""
+    hidden_dims: tuple[int, ...] = (256, 256)
+
+
+class TrainState(NamedTuple):
+    critic: dict
+    target_critic: dict
+    value: dict
+    actor: dict
+    critic_opt: optax.OptState
+    value_opt: optax.OptState
+    actor_opt: optax.OptState
+    key: jax.Array
+
+
+# ---- the objective: each loss on plain arrays, so it can be read (and tested) on its own ---------------
+def expectile_loss(diff, expectile):
+    """Asymmetric squared error: residuals where the target is above the estimate weigh `expectile`."""
+    return jnp.where(diff > 0, expectile, 1 - expectile) * diff**2
+
+
+def value_loss(v, target_q, expectile):
+    return expectile_loss(target_q - v, expectile).mean()
+
+
+def critic_loss(q, reward, terminal, next_v, discount):
+    target = reward + discount * (1 - terminal) * next_v
+    return ((q - target) ** 2).mean(-1).sum()  # mean over the batch, summed over the twin critics
+
+
+def awr_weights(advantage, temperature, max_weight):
+    return jnp.minimum(jnp.exp(temperature * advantage), max_weight)
+
+
+def awr_actor_loss(log_prob, advantage, temperature, max_weight):
+    return -(jax.lax.stop_gradient(awr_weights(advantage, temperature, max_weight)) * log_prob).mean()
+
+
+def ddpg_bc_actor_loss(q, policy_action, data_action, alpha):
+    lam = jax.lax.stop_gradient(alpha / jnp.abs(q).mean())  # scale only: no gradient through λ
+    return (-lam * q + ((policy_action - data_action) ** 2).sum(-1)).mean()
+
+
+class IQL(NamedTuple):
+    init: callable  # key -> TrainState
+    update: callable  # (state, batch) -> (state, metrics): one gradient step of every network
+    train_chunk: callable  # (state, data) -> (state, per-update metrics): args.log_every updates, jitted
+    policy: callable  # (state, obs) -> deterministic action, jitted
+
+
+def make_iql(args: Args, obs_dim: int, action_dim: int) -> IQL:
+    critic, value, actor = TwinCritic(args.hidden_dims), ValueNet(args.hidden_dims), GaussianActor(action_dim, args.hidden_dims)
+    critic_opt, value_opt = optax.adam(args.learning_rate), optax.adam(args.learning_rate)
+    actor_opt = optax.adam(optax.cosine_decay_schedule(args.learning_rate, args.total_steps))
+
+    def actor_objective(actor_params, target_critic, batch, advantage):
+        mean, log_std = actor.apply(actor_params, batch["obs"])
+        if args.actor_loss == "awr":
+            log_prob = gaussian_log_prob(mean, log_std, batch["action"])
+            return awr_actor_loss(log_prob, advantage, args.temperature, args.max_weight)
+        q = critic.apply(target_critic, batch["obs"], mean).min(0)
+        return ddpg_bc_actor_loss(q, mean, batch["action"], args.bc_alpha)
+
+    def update(state: TrainState, batch):
+        target_q = critic.apply(state.target_critic, batch["obs"], batch["action"]).min(0)
+
+        def value_objective(value_params):
+            v = value.apply(value_params, batch["obs"])
+            return value_loss(v, target_q, args.expectile), v
+
+        (v_loss, v), grads = jax.value_and_grad(value_objective, has_aux=True)(state.value)
+        updates, value_opt_state = value_opt.update(grads, state.value_opt)
+        value_params = optax.apply_updates(state.value, updates)
+        # The new V at s (for the actor) and at s' (for the critic's target), in one forward pass.
+        new_v, next_v = jnp.split(value.apply(value_params, jnp.concatenate([batch["obs"], batch["next_obs"]])), 2)
+
+        advantage = target_q - new_v
+        a_loss, grads = jax.value_and_grad(actor_objective)(state.actor, state.target_critic, batch, advantage)
+        updates, actor_opt_state = actor_opt.update(grads, state.actor_opt)
+        actor_params = optax.apply_updates(state.actor, updates)
+
+        def critic_objective(critic_params):
+            q = critic.apply(critic_params, batch["obs"], batch["action"])
+            return critic_loss(q, batch["reward"], batch["terminal"], next_v, args.discount), q
+
+        (c_loss, q), grads = jax.value_and_grad(critic_objective, has_aux=True)(state.critic)
+        updates, critic_opt_state = critic_opt.update(grads, state.critic_opt)
+        critic_params = optax.apply_updates(state.critic, updates)
+
+        target_critic = optax.incremental_update(critic_params, state.target_critic, args.polyak)
+        state = TrainState(critic_params, target_critic, value_params, actor_params,
+                           critic_opt_state, value_opt_state, actor_opt_state, state.key)
+        metrics = {"losses/value": v_loss, "losses/critic": c_loss, "losses/actor": a_loss,
+                   "values/q": q.mean(), "values/v": v.mean(), "values/advantage": advantage.mean(),
+                   "values/awr_weight": awr_weights(advantage, args.temperature, args.max_weight).mean()}
+        return state, metrics
+
+    def init(key):
+        k_critic, k_value, k_actor, key = jax.random.split(key, 4)
+        obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
+        critic_params = critic.init(k_critic, obs, action)
+        value_params = value.init(k_value, obs)
+        actor_params = actor.init(k_actor, obs)
+        return TrainState(critic_params, critic_params, value_params, actor_params, critic_opt.init(critic_params),
+                          value_opt.init(value_params), actor_opt.init(actor_params), key)
+
+    @jax.jit
+    def train_chunk(state: TrainState, data: dict):
+        def step(state, _):
+            key, sample_key = jax.random.split(state.key)
+            idx = jax.random.randint(sample_key, (args.batch_size,), 0, data["obs"].shape[0])
+            return update(state._replace(key=key), jax.tree.map(lambda x: x[idx], data))  # sampled on the device
+        return jax.lax.scan(step, state, length=args.log_every)
+
+    @jax.jit
+    def policy(state: TrainState, obs):
+        return actor.apply(state.actor, obs)[0]  # the Gaussian's mean: deterministic evaluation
+
+    return IQL(init, update, train_chunk, policy)
+
+
+def check_args(args: Args):
+    problems = [
+        (args.batch_size <= 0, f"--batch-size must be positive, got {args.batch_size}"),
+        (not 0.5 <= args.expectile < 1, f"--expectile must be in [0.5, 1), got {args.expectile}"),
+        (args.temperature < 0, f"--temperature must be >= 0, got {args.temperature}"),
+        (args.total_steps <= 0 or args.log_every <= 0, "--total-steps and --log-every must be positive"),
+        (args.total_steps % args.log_every or args.eval_every % args.log_every or args.save_every % args.log_every,
+         f"--total-steps, --eval-every and --save-every must be multiples of --log-every ({args.log_every})"),
+        (args.eval_every <= 0 or args.eval_episodes <= 0, "--eval-every and --eval-episodes must be positive"),
+        (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
+        (args.checkpoint is not None and not Path(args.checkpoint).is_file(), f"no checkpoint at {args.checkpoint}"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise SystemExit(f"error: {message}")
+
+
+def main(args: Args):
+    check_args(args)
+    try:
+        data = load_dataset(args.env_id)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    returns = data.episode_returns
+    reward_scale = 1000.0 / max(returns.max() - returns.min(), 1e-6)
+    device_data = {"obs": data.obs, "action": data.action, "reward": data.reward * reward_scale,
+                   "next_obs": data.next_obs, "terminal": data.terminal}
+    device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
+
+    iql = make_iql(args, data.obs.shape[1], data.action.shape[1])
+    state = iql.init(jax.random.PRNGKey(args.seed))
+
+    def evaluate(state):
+        episode_returns = run_episodes(lambda obs: iql.policy(state, obs), data.env_spec, args.eval_episodes, 10_000)
+        return episode_returns, data.normalized_score(episode_returns.mean())
+
+    def eval_line(step, episode_returns, score):
+        score_text = f"normalized {score:6.1f}" if score is not None else "(no reference scores)"
+        return f"step {step:>8d} | return {episode_returns.mean():8.1f} ± {episode_returns.std():6.1f} | {score_text}"
+
+    if args.eval_only:
+        try:
+            state, meta = load_checkpoint(args.checkpoint, state, "iql")
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        print(eval_line(meta["step"], *evaluate(state)))
+        return
+
+    run = Run(args)
+    run.text("data", f"{data.dataset_id} from {data.source}. " + " ".join(data.notes))
+    interrupt = GracefulInterrupt()
+    meta = {"algorithm": "iql", "env_id": args.env_id, "dataset_id": data.dataset_id}
+    bar = tqdm(total=args.total_steps, desc="iql", unit="update", smoothing=0.1)
+    step = 0
+    while step < args.total_steps and not interrupt.requested:
+        start = time.perf_counter()
+        state, metrics = iql.train_chunk(state, device_data)
+        metrics = jax.device_get(metrics)  # host sync point: once per chunk
+        elapsed = time.perf_counter() - start
+        bad = first_nonfinite(metrics)
+        if bad:
+            save_checkpoint(run.dir / "nonfinite.msgpack", state, {**meta, "step": step + args.log_every})
+            index, names = bad
+            values = ", ".join(f"{name} became {metrics[name][index]}" for name in names)
+            raise SystemExit(f"error: {values} at update {step + index + 1}; "
+                             f"stopped (state saved to {run.dir / 'nonfinite.msgpack'})")
+        step += args.log_every
+        bar.update(args.log_every)
+        run.scalars({k: v.mean() for k, v in metrics.items()} | {"charts/updates_per_sec": args.log_every / elapsed}, step)
+        if step % args.eval_every == 0 or step == args.total_steps:
+            episode_returns, score = evaluate(state)
+            run.scalars({"charts/episodic_return": episode_returns.mean()}
+                        | ({"charts/normalized_score": score} if score is not None else {}), step)
+            bar.write(eval_line(step, episode_returns, score))
+        if args.save_every and step % args.save_every == 0:
+            save_checkpoint(run.dir / f"checkpoint_{step}.msgpack", state, {**meta, "step": step})
+    bar.close()
+    save_checkpoint(run.dir / "final.msgpack", state, {**meta, "step": step})
+    print(f"{'interrupted' if interrupt.requested else 'done'} at update {step}; checkpoint {run.dir / 'final.msgpack'}")
+    run.close()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

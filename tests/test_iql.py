@@ -1,0 +1,207 @@
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import iql
+from tests.cli import REPO, run_script
+
+SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=5, total_steps=100)
+
+
+# ---- losses against numpy ---------------------------------------------------------------------
+
+def test_expectile_half_is_half_the_squared_error():
+    diff = np.array([-2.0, -0.5, 0.0, 0.3, 1.5])
+    np.testing.assert_allclose(iql.expectile_loss(diff, 0.5), 0.5 * diff**2, rtol=1e-6)
+
+
+def test_expectile_weighs_underestimates_by_tau():
+    diff = np.array([-2.0, 1.0, 3.0])  # target - estimate: positive means V is below the target
+    expected = np.array([0.1 * 4.0, 0.9 * 1.0, 0.9 * 9.0])
+    np.testing.assert_allclose(iql.expectile_loss(diff, 0.9), expected, rtol=1e-6)
+
+
+def test_value_loss_is_the_mean_expectile_of_q_minus_v():
+    v, q = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0])
+    assert float(iql.value_loss(v, q, 0.7)) == pytest.approx((0.7 * 1.0 + 0 + 0.3 * 4.0) / 3)
+
+
+def test_critic_loss_sums_twins_of_mean_td_error():
+    q = np.array([[1.0, 2.0], [0.0, 4.0]])  # (twin, batch)
+    reward, terminal, next_v = np.array([1.0, 1.0]), np.array([0.0, 1.0]), np.array([2.0, 5.0])
+    target = np.array([1.0 + 0.5 * 2.0, 1.0])  # the terminal transition does not bootstrap
+    expected = ((q[0] - target) ** 2).mean() + ((q[1] - target) ** 2).mean()
+    assert float(iql.critic_loss(q, reward, terminal, next_v, 0.5)) == pytest.approx(expected)
+
+
+def test_awr_weights_are_exponentiated_and_clipped():
+    adv = np.array([-10.0, 0.0, 0.5, 10.0])
+    w = np.asarray(iql.awr_weights(adv, 3.0, 100.0))
+    np.testing.assert_allclose(w, [np.exp(-30.0), 1.0, np.exp(1.5), 100.0], rtol=1e-5)
+    assert (w >= 0).all()
+
+
+def test_awr_actor_loss_is_weighted_log_likelihood_without_gradient_into_the_weights():
+    log_prob, adv = jnp.array([-1.0, -2.0]), jnp.array([0.0, 1.0])
+    expected = -(1.0 * -1.0 + np.exp(1.0) * -2.0) / 2
+    assert float(iql.awr_actor_loss(log_prob, adv, 1.0, 100.0)) == pytest.approx(expected, rel=1e-6)
+    assert float(jax.grad(iql.awr_actor_loss, argnums=1)(log_prob, adv, 1.0, 100.0).sum()) == 0.0
+
+
+def test_ddpg_bc_lambda_carries_no_gradient():
+    q, pi, a = jnp.array([2.0, -4.0]), jnp.array([[0.5], [0.0]]), jnp.array([[0.0], [0.0]])
+    lam = 2.5 / 3.0
+    assert float(iql.ddpg_bc_actor_loss(q, pi, a, 2.5)) == pytest.approx((-lam * 2 + 0.25 + lam * 4) / 2)
+    np.testing.assert_allclose(jax.grad(iql.ddpg_bc_actor_loss)(q, pi, a, 2.5), [-lam / 2, -lam / 2], rtol=1e-6)
+
+
+# ---- the update -------------------------------------------------------------------------------
+
+def small_iql(**overrides):
+    args = iql.Args(**{**SMALL, **overrides})
+    agent = iql.make_iql(args, obs_dim=3, action_dim=2)
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.normal(size=(16, 3)), "action": rng.uniform(-0.9, 0.9, (16, 2)),
+             "reward": rng.normal(size=16), "next_obs": rng.normal(size=(16, 3)),
+             "terminal": (rng.random(16) < 0.2).astype(np.float64)}
+    return args, agent, jax.tree.map(jnp.float32, batch)
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_critic_and_value_never_depend_on_the_actor():
+    _, agent, batch = small_iql()
+    state = agent.init(jax.random.PRNGKey(0))
+    other_actor = agent.init(jax.random.PRNGKey(1)).actor
+    after, _ = agent.update(state, batch)
+    after_other, _ = agent.update(state._replace(actor=other_actor), batch)
+    for field in ("critic", "target_critic", "value"):
+        assert_trees_equal(getattr(after, field), getattr(after_other, field))
+    assert not np.array_equal(after.actor["params"]["MLP_0"]["Dense_0"]["kernel"],
+                              after_other.actor["params"]["MLP_0"]["Dense_0"]["kernel"])
+
+
+def test_actor_loss_does_not_move_the_critics():
+    _, awr, batch = small_iql(actor_loss="awr")
+    _, ddpg_bc, _ = small_iql(actor_loss="ddpg_bc")  # this one differentiates through Q(s, mu(s))
+    state = awr.init(jax.random.PRNGKey(0))
+    a, _ = awr.update(state, batch)
+    b, _ = ddpg_bc.update(state, batch)
+    for field in ("critic", "target_critic", "value"):
+        assert_trees_equal(getattr(a, field), getattr(b, field))
+
+
+def test_value_moves_by_its_own_loss_alone():
+    args, agent, batch = small_iql()
+    state = agent.init(jax.random.PRNGKey(0))
+    after, _ = agent.update(state, batch)
+    target_q = iql.TwinCritic(args.hidden_dims).apply(state.target_critic, batch["obs"], batch["action"]).min(0)
+    value_net = iql.ValueNet(args.hidden_dims)
+    grads = jax.grad(lambda p: iql.value_loss(value_net.apply(p, batch["obs"]), target_q, args.expectile))(state.value)
+    import optax
+
+    updates, _ = optax.adam(args.learning_rate).update(grads, state.value_opt)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-7), optax.apply_updates(state.value, updates),
+                 after.value)
+
+
+def test_target_is_a_polyak_average_of_the_new_critic():
+    args, agent, batch = small_iql(polyak=0.25)
+    state = agent.init(jax.random.PRNGKey(0))
+    state = state._replace(target_critic=jax.tree.map(lambda x: x + 1.0, state.target_critic))
+    after, _ = agent.update(state, batch)
+    expected = jax.tree.map(lambda new, old: 0.25 * new + 0.75 * old, after.critic, state.target_critic)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), after.target_critic, expected)
+
+
+def test_same_seed_same_losses():
+    _, agent, batch = small_iql()
+    data = {k: jnp.concatenate([v] * 4) for k, v in batch.items()}
+    runs = [agent.train_chunk(agent.init(jax.random.PRNGKey(7)), data)[1] for _ in range(2)]
+    assert_trees_equal(*runs)
+    different = agent.train_chunk(agent.init(jax.random.PRNGKey(8)), data)[1]
+    assert not np.array_equal(runs[0]["losses/critic"], different["losses/critic"])
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+CLI_SMALL = ["--hidden-dims", "32", "32", "--batch-size", "32", "--log-every", "100", "--eval-episodes", "2"]
+
+
+def test_cli_trains_saves_and_evaluates_its_checkpoint(tiny_hopper, tmp_path):
+    out = run_script("iql.py", "--env-id", tiny_hopper, "--total-steps", "300", "--eval-every", "300",
+                     "--save-every", "200", *CLI_SMALL, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "from project stand-in" in out.stdout
+    assert "step      300 | return" in out.stderr + out.stdout and "normalized" in out.stderr + out.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert {p.name for p in run_dir.glob("*.msgpack")} == {"checkpoint_200.msgpack", "final.msgpack"}
+    assert list(run_dir.glob("events.out.tfevents.*"))
+
+    again = run_script("iql.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint",
+                       str(run_dir / "final.msgpack"), *CLI_SMALL, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "step      300 | return" in again.stdout and "normalized" in again.stdout
+
+
+def test_cli_eval_only_rejects_a_checkpoint_of_other_networks(tiny_hopper, tmp_path):
+    out = run_script("iql.py", "--env-id", tiny_hopper, "--total-steps", "100", "--eval-every", "100", *CLI_SMALL,
+                     cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (ckpt,) = (tmp_path / "runs").glob("*/final.msgpack")
+    wrong = run_script("iql.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint", str(ckpt),
+                       "--hidden-dims", "64", "64", cwd=tmp_path)
+    assert wrong.returncode != 0 and "does not fit these networks" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "-1"], "--batch-size must be positive"),
+    (["--expectile", "1.0"], "--expectile must be in [0.5, 1)"),
+    (["--env-id", "hopper-mediun"], "Did you mean 'hopper-medium'"),
+    (["--eval-only", "--checkpoint", "missing.msgpack"], "no checkpoint at missing.msgpack"),
+    (["--total-steps", "150", "--log-every", "100"], "multiples of --log-every"),
+])
+def test_cli_bad_values_are_one_clear_line(args, message, minari_store, tmp_path):
+    out = run_script("iql.py", *args, cwd=tmp_path)
+    assert out.returncode != 0
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_nan_loss_stops_the_run_naming_step_and_loss(tiny_hopper, tmp_path, monkeypatch):
+    from common import datasets
+
+    real = datasets.load_dataset
+
+    def poisoned(name):
+        data = real(name)
+        data.reward[:] = np.nan
+        return data
+
+    monkeypatch.setattr(iql, "load_dataset", poisoned)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"losses/critic became nan at update 1;"):
+        iql.main(iql.Args(env_id=tiny_hopper, **{**SMALL, "total_steps": 10, "eval_every": 10}))
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tiny_hopper, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(REPO / "iql.py"), "--env-id", tiny_hopper, "--total-steps", "10000000",
+                             *CLI_SMALL], cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/*/events.out.tfevents.*")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # let it compile and train a few chunks
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "interrupted at update" in stdout and "Traceback" not in stderr
+    assert list(tmp_path.glob("runs/*/final.msgpack"))
