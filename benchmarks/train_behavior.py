@@ -157,24 +157,24 @@ class ReplayBuffer:
         return {k: v[idx] for k, v in self.data.items()}
 
 
-def save_resume(path: Path, state, buffer: ReplayBuffer, step: int, episodes: int, rng: np.random.Generator):
-    tmp = path.with_suffix(".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "state.msgpack").write_bytes(flax.serialization.to_bytes(state))
-    np.savez(tmp / "buffer.npz", **{k: v[: buffer.size] for k, v in buffer.data.items()})
-    meta = {"step": step, "episodes": episodes, "rng": rng.bit_generator.state}
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    if path.exists():
-        for f in path.iterdir():
-            f.unlink()
-        path.rmdir()
-    tmp.rename(path)  # atomic: a kill mid-write leaves the previous resume point intact
+def save_resume(out: Path, buffer_file: Path, state, buffer: ReplayBuffer, step: int, episodes: int, rng,
+                wall_time: float):
+    """Networks and optimisers go to out/resume.* (a few MB: small enough to commit when a session must end
+    mid-run); the replay buffer, hundreds of MB, to an ignored folder. Each file is replaced atomically."""
+    buffer_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(buffer_file.with_suffix(".tmp"), "wb") as f:
+        np.savez(f, **{k: v[: buffer.size] for k, v in buffer.data.items()})
+    buffer_file.with_suffix(".tmp").replace(buffer_file)
+    (out / "resume.tmp").write_bytes(flax.serialization.to_bytes(state))
+    (out / "resume.tmp").replace(out / "resume.msgpack")
+    meta = {"step": step, "episodes": episodes, "rng": rng.bit_generator.state, "wall_time": wall_time}
+    (out / "resume.json").write_text(json.dumps(meta) + "\n")
 
 
 def main(args: Args):
     env_id = ENVS[args.env]
     out = args.out_dir / args.env
-    ckpt_dir, resume_dir = out / "checkpoints", args.out_dir / "_resume" / args.env
+    ckpt_dir, buffer_file = out / "checkpoints", args.out_dir / "_resume" / args.env / "buffer.npz"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     env = gym.make(env_id)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -184,16 +184,21 @@ def main(args: Args):
     buffer = ReplayBuffer(args.total_steps, obs_dim, action_dim)
     rng = np.random.default_rng(args.seed)
     obs, _ = env.reset(seed=args.seed)
-    step, episodes = 0, 0
-    if (resume_dir / "meta.json").exists():
-        meta = json.loads((resume_dir / "meta.json").read_text())
-        state = flax.serialization.from_bytes(state, (resume_dir / "state.msgpack").read_bytes())
-        with np.load(resume_dir / "buffer.npz") as saved:
-            for k in buffer.FIELDS:
-                buffer.data[k][: len(saved[k])] = saved[k]
-            buffer.size = len(saved["obs"])
-        step, episodes = meta["step"], meta["episodes"]
+    step, episodes, refill_until, earlier_wall_time = 0, 0, 0, 0.0
+    if (out / "resume.json").exists():
+        meta = json.loads((out / "resume.json").read_text())
+        state = flax.serialization.from_bytes(state, (out / "resume.msgpack").read_bytes())
+        step, episodes, earlier_wall_time = meta["step"], meta["episodes"], meta["wall_time"]
         rng.bit_generator.state = meta["rng"]
+        if buffer_file.exists():
+            with np.load(buffer_file) as saved:
+                for k in buffer.FIELDS:
+                    buffer.data[k][: len(saved[k])] = saved[k]
+                buffer.size = len(saved["obs"])
+        if buffer.size != step:  # e.g. a new machine: refill with the current policy before updating again
+            print(f"replay buffer not found at {buffer_file}: refilling {args.learning_starts} steps with the policy")
+            buffer.size = 0
+            refill_until = step + args.learning_starts
         # The simulator's internal state is not saved: the episode in progress restarts.
         obs, _ = env.reset(seed=args.seed + step)
         print(f"resumed {env_id} at step {step}")
@@ -229,7 +234,7 @@ def main(args: Args):
                 obs, _ = env.reset(seed=args.seed + step)
                 episodes += 1
         bar.update(args.update_every)
-        if step >= args.learning_starts:
+        if step >= max(args.learning_starts, refill_until):
             batches = buffer.sample(rng, args.update_every, args.batch_size)
             state, metrics = train_block(state, batches)
         if step % args.save_every == 0:
@@ -237,11 +242,11 @@ def main(args: Args):
             returns = run_episodes(lambda o: act_deterministic(state.actor, o), env_id, args.eval_episodes, 10_000)
             with history.open("a") as f:
                 csv.writer(f).writerow([step, f"{returns.mean():.1f}", f"{returns.std():.1f}", episodes,
-                                        f"{time.time() - start:.0f}"])
+                                        f"{earlier_wall_time + time.time() - start:.0f}"])
             bar.write(f"step {step}: eval return {returns.mean():.0f} ± {returns.std():.0f}  "
                       + "  ".join(f"{k} {float(v):.3g}" for k, v in metrics.items()))
         if step % args.resume_every == 0 or stop:
-            save_resume(resume_dir, state, buffer, step, episodes, rng)
+            save_resume(out, buffer_file, state, buffer, step, episodes, rng, earlier_wall_time + time.time() - start)
     bar.close()
     if stop:
         print(f"stopped at step {step}; run the same command to resume")
