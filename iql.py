@@ -12,10 +12,10 @@ With τ → 1 the value approaches the best action *in the data* at each state, 
 r + γ V(s') is an in-sample maximum: no out-of-distribution action ever enters it. The actor is then
 extracted from the learned advantages; either extraction works on the same critic.
 
-Order of one update, as in the paper's code: V, then the actor (with the new V), then Q (with the new V),
-then the targets. Rewards are scaled by 1000 / (max − min episode return), as the paper does for locomotion.
-Deviations: none in the maths. For speed, the new V is evaluated once on [s; s'] and shared by the actor
-and critic losses, and min Q̄(s, a) is computed once for the value and actor losses.
+Rewards are scaled by 1000 / (max − min episode return), as the paper does for locomotion.
+Deliberate deviation: the paper's code updates V first and gives the *updated* V to the actor and the
+critic; here all three losses read V, Q̄ from before the step (as CORL's IQL does, Tarasov et al., 2022).
+The fixed point is the same, a whole forward pass of V is saved, and the three gradients are independent.
 """
 
 import time
@@ -135,7 +135,9 @@ def make_iql(args: Args, obs_dim: int, action_dim: int) -> IQL:
         return ddpg_bc_actor_loss(q, mean, batch["action"], args.bc_alpha)
 
     def update(state: TrainState, batch):
+        # Everything the three losses need from the *current* networks; after this they are independent.
         target_q = critic.apply(state.target_critic, batch["obs"], batch["action"]).min(0)
+        next_v = value.apply(state.value, batch["next_obs"])
 
         def value_objective(value_params):
             v = value.apply(value_params, batch["obs"])
@@ -144,10 +146,8 @@ def make_iql(args: Args, obs_dim: int, action_dim: int) -> IQL:
         (v_loss, v), grads = jax.value_and_grad(value_objective, has_aux=True)(state.value)
         updates, value_opt_state = value_opt.update(grads, state.value_opt)
         value_params = optax.apply_updates(state.value, updates)
-        # The new V at s (for the actor) and at s' (for the critic's target), in one forward pass.
-        new_v, next_v = jnp.split(value.apply(value_params, jnp.concatenate([batch["obs"], batch["next_obs"]])), 2)
 
-        advantage = target_q - new_v
+        advantage = target_q - v
         a_loss, grads = jax.value_and_grad(actor_objective)(state.actor, state.target_critic, batch, advantage)
         updates, actor_opt_state = actor_opt.update(grads, state.actor_opt)
         actor_params = optax.apply_updates(state.actor, updates)
