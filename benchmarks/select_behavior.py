@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import tyro
 
+from benchmarks.speed import machine
 from common.datasets import ENVS, REFERENCE_SCORES
 from common.evaluation import run_episodes
 from common.networks import TanhGaussianActor, sample_tanh_gaussian
@@ -43,6 +44,10 @@ class Args:
     """how many of the best checkpoints (by the 10-episode training-time evaluation) to measure"""
     medium_target: float = 45.0
     """normalized score the medium policy should be closest to"""
+    behavior_dir: Path = BEHAVIOR_DIR
+    """where train_behavior wrote <env>/history.csv and <env>/checkpoints/"""
+    references: Path = REFERENCE_SCORES
+    """the reference-score file to update"""
 
 
 def measure(policy, env_id: str, episodes: int) -> np.ndarray:
@@ -62,7 +67,7 @@ def sampling_policy(actor, params, seed: int = 0):
 
 
 def main(args: Args):
-    env_id, run_dir = ENVS[args.env], BEHAVIOR_DIR / args.env
+    env_id, run_dir = ENVS[args.env], args.behavior_dir / args.env
     env = gym.make(env_id)
     action_dim, obs_dim = env.action_space.shape[0], env.observation_space.shape[0]
     actor = TanhGaussianActor(action_dim)
@@ -70,7 +75,9 @@ def main(args: Args):
     load = lambda step: flax.serialization.from_bytes(  # noqa: E731
         template, (run_dir / "checkpoints" / f"actor_{step:07d}.msgpack").read_bytes())
     with (run_dir / "history.csv").open() as f:
-        history = [(int(r["step"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    history = [(int(r["step"]), float(r["eval_return_mean"])) for r in rows]
+    wall_time = int(rows[-1]["wall_time"])
 
     rng = np.random.default_rng(0)
     random_returns = measure(lambda o: rng.uniform(-1, 1, (len(o), action_dim)), env_id, args.episodes)
@@ -96,42 +103,51 @@ def main(args: Args):
     if medium_step is None:
         raise SystemExit("no checkpoint scores between 30 and 60: save checkpoints more often and run again")
 
+    # For reference only (the data are collected with sampled actions): the same policies acting on their mean.
+    deterministic = {name: measure(jax.jit(lambda o, p=load(step): jnp.tanh(actor.apply(p, o)[0])), env_id, args.episodes)
+                     for name, step in (("expert", expert_step), ("medium", medium_step))}
     shutil.copy(run_dir / "checkpoints" / f"actor_{expert_step:07d}.msgpack", run_dir / "expert.msgpack")
     shutil.copy(run_dir / "checkpoints" / f"actor_{medium_step:07d}.msgpack", run_dir / "medium.msgpack")
     summary = lambda r: {"mean": round(float(r.mean()), 1), "std": round(float(r.std()), 1)}  # noqa: E731
     selection = {
         "env_id": env_id, "episodes": args.episodes, "episode_seeds": f"{EVAL_SEED} + i", "actions": "sampled",
         "random": summary(random_returns),
-        "expert": {"step": expert_step, **summary(expert_returns), "floor": EXPERT_FLOORS[args.env]},
+        "expert": {"step": expert_step, **summary(expert_returns), "floor": EXPERT_FLOORS[args.env],
+                   "deterministic": summary(deterministic["expert"])},
         "medium": {"step": medium_step, **summary(medium_returns),
-                   "normalized": round(float(score(medium_returns.mean())), 1)},
+                   "normalized": round(float(score(medium_returns.mean())), 1),
+                   "deterministic": summary(deterministic["medium"])},
+        "training": {"steps": history[-1][0], "wall_time_s": wall_time, "machine": machine()},
     }
     (run_dir / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
-    refs = json.loads(REFERENCE_SCORES.read_text()) if REFERENCE_SCORES.exists() else {}
+    refs = json.loads(args.references.read_text()) if args.references.exists() else {}
     refs[env_id] = {"random": selection["random"]["mean"], "expert": selection["expert"]["mean"],
                     "source": f"benchmarks/behavior/{args.env}/selection.json"}
-    REFERENCE_SCORES.write_text(json.dumps(refs, indent=2, sort_keys=True) + "\n")
-    write_table()
+    args.references.write_text(json.dumps(refs, indent=2, sort_keys=True) + "\n")
+    write_table(args.behavior_dir)
     print(json.dumps(selection, indent=2))
     if expert_returns.mean() < EXPERT_FLOORS[args.env]:
         print(f"WARNING: expert return {expert_returns.mean():.0f} is below the floor {EXPERT_FLOORS[args.env]}")
 
 
-def write_table():
+def write_table(behavior_dir: Path):
     rows = []
     for env in ENVS:
-        path = BEHAVIOR_DIR / env / "selection.json"
+        path = behavior_dir / env / "selection.json"
         if path.exists():
             s = json.loads(path.read_text())
+            e, m, t = s["expert"], s["medium"], s["training"]
             rows.append(f"| {s['env_id']} | {s['random']['mean']:.1f} ± {s['random']['std']:.1f} | "
-                        f"{s['medium']['mean']:.1f} ± {s['medium']['std']:.1f} (step {s['medium']['step']}, "
-                        f"normalized {s['medium']['normalized']:.1f}) | {s['expert']['mean']:.1f} ± "
-                        f"{s['expert']['std']:.1f} (step {s['expert']['step']}) | {s['expert']['floor']} |")
-    (BEHAVIOR_DIR / "README.md").write_text(
+                        f"{m['mean']:.1f} ± {m['std']:.1f} (step {m['step']}, normalized {m['normalized']:.1f}; "
+                        f"mean action {m['deterministic']['mean']:.1f}) | {e['mean']:.1f} ± {e['std']:.1f} "
+                        f"(step {e['step']}; mean action {e['deterministic']['mean']:.1f}) | {e['floor']} | "
+                        f"{t['steps']} steps, {t['wall_time_s'] / 3600:.1f} h on {t['machine']} |")
+    (behavior_dir / "README.md").write_text(
         "# Behaviour policies\n\nSAC actors trained with `python -m benchmarks.train_behavior --env ENV` and chosen "
         "with `python -m benchmarks.select_behavior --env ENV`, which also measured this table:\n"
-        "undiscounted return, mean ± std over 100 episodes (seeds 20000 + i), actions sampled from the policy.\n\n"
-        "| environment | random | medium | expert | expert floor |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        "undiscounted return, mean ± std over 100 episodes (seeds 20000 + i), actions sampled from the policy\n"
+        "(\"mean action\": the same policy acting deterministically, for reference only).\n\n"
+        "| environment | random | medium | expert | expert floor | training |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     device = jax.devices()[0]
-    return f"{device.platform.upper()} {device.device_kind}; {cpu}, {os.cpu_count()} cores; jax {jax.__version__}"
+    accelerator = "" if device.platform == "cpu" else f"{device.device_kind} with "
+    return f"{accelerator}{cpu} ({os.cpu_count()} cores), jax {jax.__version__}"
 
 
 @dataclass
