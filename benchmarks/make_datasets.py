@@ -14,6 +14,8 @@ identical data: episode i starts from reset(seed=seed + i) and the policy's nois
 
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,24 +138,36 @@ def _collect(dataset_id, env, quality, num_steps, seed, metadata):
     collector.close()
 
 
+def measure_load(dataset_id: str) -> dict:
+    """Load one dataset in a fresh process: seconds, peak RSS and the figures of the summary table."""
+    code = ("import json, resource, time; from common.datasets import load_dataset; t = time.perf_counter(); "
+            f"d = load_dataset({dataset_id!r}); s = time.perf_counter() - t; r = d.episode_returns; "
+            "print(json.dumps({'seconds': s, 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
+            "'episodes': len(r), 'steps': len(d.reward), 'mean': float(r.mean()), 'min': float(r.min()), "
+            "'max': float(r.max()), 'normalized': float(d.normalized_score(r).mean())}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def write_summary():
     """Tabulate every stand-in dataset in the local store into benchmarks/datasets.md."""
     import minari
 
-    from common.datasets import load_dataset
+    from benchmarks.speed import machine
 
     rows = []
     for dataset_id in sorted(minari.list_local_datasets(prefix=STANDIN_NAMESPACE)):
-        data = load_dataset(dataset_id)
-        r = data.episode_returns
-        rows.append(f"| {dataset_id} | {len(r)} | {len(data.reward)} | {r.mean():.1f} | {r.min():.1f} | "
-                    f"{r.max():.1f} | {data.normalized_score(r).mean():.1f} |")
+        m = measure_load(dataset_id)
+        rows.append(f"| {dataset_id} | {m['episodes']} | {m['steps']} | {m['mean']:.1f} | {m['min']:.1f} | "
+                    f"{m['max']:.1f} | {m['normalized']:.1f} | {m['seconds']:.1f} s, {m['rss_mb']:.0f} MB |")
     SUMMARY.write_text(
         "# Stand-in datasets\n\nBuilt with `python -m benchmarks.make_datasets NAME` (seed 0, 1M steps unless noted; "
-        "medium-expert is medium + expert) and tabulated with `python -m benchmarks.make_datasets --summary`.\n"
-        "Returns are undiscounted episode returns; the normalized score uses the dataset's own reference scores.\n\n"
-        "| dataset | episodes | steps | mean return | min | max | mean normalized score |\n|---|---|---|---|---|---|---|\n"
-        + "\n".join(rows) + "\n")
+        "medium-expert is medium + expert) and tabulated with `python -m benchmarks.make_datasets --summary`\n"
+        f"on {machine()}. Returns are undiscounted episode returns; the normalized score uses the dataset's own "
+        "reference scores. The last column is `load_dataset` in a fresh process: wall time and peak RSS.\n\n"
+        "| dataset | episodes | steps | mean return | min | max | mean normalized score | load |\n"
+        "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     print(SUMMARY.read_text())
 
 

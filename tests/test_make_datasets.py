@@ -78,3 +78,16 @@ def test_cli_rejects_bad_input(minari_store, refs):
         make_datasets.main(make_datasets.Args(names=("hopper-random",), num_steps=0))
     with pytest.raises(SystemExit, match="Did you mean 'hopper-random'"):
         make_datasets.main(make_datasets.Args(names=("hoper-random",), num_steps=10))
+
+
+def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypatch):
+    make_datasets.build_dataset("offrl-standin/hopper/random-v0", num_steps=300, seed=0)
+    monkeypatch.setattr(make_datasets, "SUMMARY", tmp_path / "datasets.md")
+    make_datasets.write_summary()
+    data = load_dataset("offrl-standin/hopper/random-v0")
+    (row,) = [line for line in (tmp_path / "datasets.md").read_text().splitlines() if "offrl-standin" in line]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["offrl-standin/hopper/random-v0", str(len(data.episode_returns)), "300",
+                         f"{data.episode_returns.mean():.1f}"]
+    assert cells[6] == f"{data.normalized_score(data.episode_returns).mean():.1f}"
+    assert cells[7].endswith("MB")
