@@ -28,7 +28,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from common.datasets import ENVS, REFERENCE_SCORES, STANDIN_NAMESPACE, DatasetError, resolve_name
+from common.datasets import ENVS, REFERENCE_SCORES, STANDIN_NAMESPACE, DatasetError, load_dataset, resolve_name
 from common.networks import TanhGaussianActor, sample_tanh_gaussian
 
 BEHAVIOR_DIR = Path(__file__).parent / "behavior"
@@ -101,6 +101,7 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
         shutil.rmtree(path, ignore_errors=True)  # never leave a half-written dataset behind
         raise
     print(f"[data] built {dataset_id} at {path}")
+    load_dataset(dataset_id)  # reads it back once, checking it and writing the flat-array cache that later loads use
 
 
 DESCRIPTIONS = {

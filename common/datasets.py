@@ -148,20 +148,58 @@ def _read(dataset_id: str, source: str, notes: list[str]) -> OfflineDataset:
     path = get_dataset_path(dataset_id)
     try:
         dataset = minari.load_dataset(dataset_id)
-        episodes = list(dataset.storage.get_episodes(dataset.episode_indices))
         env_spec = dataset.recover_environment(eval_env=True).spec
         metadata = dataset.storage.metadata
+        arrays = _flat_arrays(dataset, path)
+    except DatasetError:
+        raise
     except Exception as e:
         raise DatasetError(f"Could not read dataset {dataset_id} at {path}: {type(e).__name__}: {e}. The file may be "
                            f"corrupted or incomplete; delete that folder and run again to rebuild or re-download it.") from e
-    if not episodes:
-        raise DatasetError(f"Dataset {dataset_id} at {path} holds no episodes; delete that folder and run again.")
+    ref_min, ref_max, ref_note = reference_scores(metadata, env_spec.id)
+    if ref_note:
+        notes.append(ref_note)
+    print(f"[data] {dataset_id}: {len(arrays['episode_returns'])} episodes, {len(arrays['reward'])} transitions, "
+          f"from {source}")
+    for note in notes:
+        print(f"[data] note: {note}")
+    return OfflineDataset(dataset_id, source, **arrays, env_spec=env_spec, ref_min_score=ref_min,
+                          ref_max_score=ref_max, notes=notes)
 
+
+ARRAYS = ("obs", "action", "reward", "next_obs", "terminal", "episode_returns")
+CACHE_FILE = "flat_arrays.npz"
+
+
+def _flat_arrays(dataset, path: Path) -> dict:
+    """The episodes as flat float32 arrays. Reading episode by episode costs about a millisecond each, and a
+    random dataset holds ~50k episodes, so the result is cached beside the dataset (plain .npz, no pickle),
+    keyed by the data files' sizes and modification times: a changed or damaged file is read afresh."""
+    fingerprint = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+                           for f in sorted((path / "data").iterdir()))
+    cache = path / CACHE_FILE
+    try:
+        with np.load(cache, allow_pickle=False) as saved:
+            if str(saved["fingerprint"]) == fingerprint:
+                return {k: saved[k] for k in ARRAYS}
+    except Exception:
+        pass  # no cache yet, or an unreadable one: read the dataset itself
+    arrays = _episodes_to_arrays(dataset)
+    try:
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, fingerprint=np.array(fingerprint), **arrays)
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only store: no cache, same data
+    return arrays
+
+
+def _episodes_to_arrays(dataset) -> dict:
     obs, next_obs, action, reward, terminal, returns = [], [], [], [], [], []
-    for ep in episodes:
+    for ep in dataset.storage.get_episodes(dataset.episode_indices):
         o = np.asarray(ep["observations"], np.float32)  # T+1 observations for T actions
         if o.ndim != 2 or len(o) != len(ep["actions"]) + 1:
-            raise DatasetError(f"Dataset {dataset_id}: episode {ep['id']} is not a flat Box episode with T+1 "
+            raise DatasetError(f"Dataset {dataset.id}: episode {ep['id']} is not a flat Box episode with T+1 "
                                f"observations (observations {o.shape}, actions {np.shape(ep['actions'])}).")
         obs.append(o[:-1])
         next_obs.append(o[1:])
@@ -169,15 +207,11 @@ def _read(dataset_id: str, source: str, notes: list[str]) -> OfflineDataset:
         reward.append(ep["rewards"])
         terminal.append(ep["terminations"])
         returns.append(np.sum(ep["rewards"]))
-    ref_min, ref_max, ref_note = reference_scores(metadata, env_spec.id)
-    if ref_note:
-        notes.append(ref_note)
-    print(f"[data] {dataset_id}: {len(episodes)} episodes, {sum(map(len, obs))} transitions, from {source}")
-    for note in notes:
-        print(f"[data] note: {note}")
+    if not returns:
+        raise DatasetError(f"Dataset {dataset.id} holds no episodes; delete its folder and run again.")
     f32 = lambda parts: np.concatenate(parts).astype(np.float32)  # noqa: E731
-    return OfflineDataset(dataset_id, source, f32(obs), f32(action), f32(reward), f32(next_obs), f32(terminal),
-                          np.asarray(returns, np.float32), env_spec, ref_min, ref_max, notes)
+    return {"obs": f32(obs), "action": f32(action), "reward": f32(reward), "next_obs": f32(next_obs),
+            "terminal": f32(terminal), "episode_returns": np.asarray(returns, np.float32)}
 
 
 def reference_scores(metadata: dict, env_id: str) -> tuple[float | None, float | None, str | None]:

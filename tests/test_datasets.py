@@ -172,3 +172,23 @@ def test_official_dataset_without_standin_says_what_to_do(minari_store, monkeypa
     monkeypatch.setattr(datasets, "hub_reachable", lambda: (False, "offline"))
     with pytest.raises(DatasetError, match="minari download D4RL/pen/human-v2"):
         load_dataset("D4RL/pen/human-v2")
+
+
+def test_second_load_comes_from_the_flat_cache_and_a_changed_file_is_reread(minari_store, monkeypatch):
+    make_counting_dataset("tests/counting/data-v0")
+    first = load_dataset("tests/counting/data-v0")
+    assert (minari_store / "tests/counting/data-v0" / datasets.CACHE_FILE).exists()
+
+    def slow_path(*args, **kwargs):
+        raise AssertionError("episodes were read again although the cache is valid")
+
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "_episodes_to_arrays", slow_path)
+        cached = load_dataset("tests/counting/data-v0")
+    for field in datasets.ARRAYS:
+        np.testing.assert_array_equal(getattr(first, field), getattr(cached, field))
+        assert getattr(cached, field).dtype == np.float32
+
+    (minari_store / "tests/counting/data-v0/data/main_data.hdf5").write_bytes(b"damaged after caching")
+    with pytest.raises(DatasetError, match="corrupted"):
+        load_dataset("tests/counting/data-v0")
