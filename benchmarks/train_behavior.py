@@ -16,7 +16,6 @@ number of gradient steps in one compiled call. The update-to-data ratio stays 1.
 import csv
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import tyro
 from tqdm import tqdm
 
 from common.evaluation import run_episodes
+from common.logger import GracefulInterrupt
 from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian
 
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
@@ -205,22 +205,14 @@ def main(args: Args):
     (out / "config.json").write_text(json.dumps({**vars(args), "out_dir": str(args.out_dir), "env_id": env_id,
                                                  "obs_dim": obs_dim, "action_dim": action_dim}, indent=2))
 
-    stop = False
-
-    def request_stop(*_):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
+    interrupt = GracefulInterrupt()
     history = out / "history.csv"
     if not history.exists():
         history.write_text("step,eval_return_mean,eval_return_std,train_episodes,wall_time\n")
-    act_key = jax.random.PRNGKey(args.seed + 1_000_003)
+    act_key = jax.random.fold_in(jax.random.PRNGKey(args.seed + 1_000_003), step)  # fresh noise after a resume
     bar = tqdm(total=args.total_steps, initial=step, desc=env_id, smoothing=0.05)
     start, metrics = time.time(), {}
-    while step < args.total_steps and not stop:
+    while step < args.total_steps and not interrupt.requested:
         for _ in range(args.update_every):
             if step < args.learning_starts:
                 action = rng.uniform(-1, 1, action_dim).astype(np.float32)
@@ -245,10 +237,10 @@ def main(args: Args):
                                         f"{earlier_wall_time + time.time() - start:.0f}"])
             bar.write(f"step {step}: eval return {returns.mean():.0f} ± {returns.std():.0f}  "
                       + "  ".join(f"{k} {float(v):.3g}" for k, v in metrics.items()))
-        if step % args.resume_every == 0 or stop:
+        if step % args.resume_every == 0 or interrupt.requested:
             save_resume(out, buffer_file, state, buffer, step, episodes, rng, earlier_wall_time + time.time() - start)
     bar.close()
-    if stop:
+    if interrupt.requested:
         print(f"stopped at step {step}; run the same command to resume")
 
 
