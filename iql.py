@@ -18,22 +18,18 @@ critic; here all three losses read V, Q̄ from before the step (as CORL's IQL do
 The fixed point is the same, a whole forward pass of V is saved, and the three gradients are independent.
 """
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import tyro
-from tqdm import tqdm
 
 from common.datasets import DatasetError, load_dataset
-from common.evaluation import run_episodes
-from common.logger import GracefulInterrupt, Run, first_nonfinite, load_checkpoint, save_checkpoint
 from common.networks import GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
+from common.training import check_experiment_args, train_or_evaluate
 
 
 @dataclass
@@ -59,8 +55,8 @@ class Args:
     # algorithm
     expectile: float = 0.7
     """τ of the value's expectile regression, in [0.5, 1): 0.5 is the mean over data actions, → 1 their max"""
-    temperature: float = 3.0
-    """β of the AWR weights exp(β·A); 0 gives plain behaviour cloning"""
+    beta: float = 3.0
+    """β, the inverse temperature of the AWR weights exp(β·A); 0 gives plain behaviour cloning"""
     max_weight: float = 100.0
     """clip of the AWR weights"""
     actor_loss: Literal["awr", "ddpg_bc"] = "awr"
@@ -101,12 +97,12 @@ def critic_loss(q, reward, terminal, next_v, discount):
     return ((q - target) ** 2).mean(-1).sum()  # mean over the batch, summed over the twin critics
 
 
-def awr_weights(advantage, temperature, max_weight):
-    return jnp.minimum(jnp.exp(temperature * advantage), max_weight)
+def awr_weights(advantage, beta, max_weight):
+    return jnp.minimum(jnp.exp(beta * advantage), max_weight)
 
 
-def awr_actor_loss(log_prob, advantage, temperature, max_weight):
-    return -(jax.lax.stop_gradient(awr_weights(advantage, temperature, max_weight)) * log_prob).mean()
+def awr_actor_loss(log_prob, advantage, beta, max_weight):
+    return -(jax.lax.stop_gradient(awr_weights(advantage, beta, max_weight)) * log_prob).mean()
 
 
 def ddpg_bc_actor_loss(q, policy_action, data_action, alpha):
@@ -130,7 +126,7 @@ def make_iql(args: Args, obs_dim: int, action_dim: int) -> IQL:
         mean, log_std = actor.apply(actor_params, batch["obs"])
         if args.actor_loss == "awr":
             log_prob = gaussian_log_prob(mean, log_std, batch["action"])
-            return awr_actor_loss(log_prob, advantage, args.temperature, args.max_weight)
+            return awr_actor_loss(log_prob, advantage, args.beta, args.max_weight)
         q = critic.apply(target_critic, batch["obs"], mean).min(0)
         return ddpg_bc_actor_loss(q, mean, batch["action"], args.bc_alpha)
 
@@ -165,7 +161,7 @@ def make_iql(args: Args, obs_dim: int, action_dim: int) -> IQL:
                            critic_opt_state, value_opt_state, actor_opt_state, state.key)
         metrics = {"losses/value": v_loss, "losses/critic": c_loss, "losses/actor": a_loss,
                    "values/q": q.mean(), "values/v": v.mean(), "values/advantage": advantage.mean(),
-                   "values/awr_weight": awr_weights(advantage, args.temperature, args.max_weight).mean()}
+                   "values/awr_weight": awr_weights(advantage, args.beta, args.max_weight).mean()}
         return state, metrics
 
     def init(key):
@@ -193,20 +189,11 @@ def make_iql(args: Args, obs_dim: int, action_dim: int) -> IQL:
 
 
 def check_args(args: Args):
-    problems = [
-        (args.batch_size <= 0, f"--batch-size must be positive, got {args.batch_size}"),
+    check_experiment_args(
+        args,
         (not 0.5 <= args.expectile < 1, f"--expectile must be in [0.5, 1), got {args.expectile}"),
-        (args.temperature < 0, f"--temperature must be >= 0, got {args.temperature}"),
-        (args.total_steps <= 0 or args.log_every <= 0, "--total-steps and --log-every must be positive"),
-        (args.total_steps % args.log_every or args.eval_every % args.log_every or args.save_every % args.log_every,
-         f"--total-steps, --eval-every and --save-every must be multiples of --log-every ({args.log_every})"),
-        (args.eval_every <= 0 or args.eval_episodes <= 0, "--eval-every and --eval-episodes must be positive"),
-        (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
-        (args.checkpoint is not None and not Path(args.checkpoint).is_file(), f"no checkpoint at {args.checkpoint}"),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise SystemExit(f"error: {message}")
+        (args.beta < 0, f"--beta must be >= 0, got {args.beta}"),
+    )
 
 
 def main(args: Args):
@@ -223,55 +210,7 @@ def main(args: Args):
 
     iql = make_iql(args, data.obs.shape[1], data.action.shape[1])
     state = iql.init(jax.random.PRNGKey(args.seed))
-
-    def evaluate(state):
-        episode_returns = run_episodes(lambda obs: iql.policy(state, obs), data.env_spec, args.eval_episodes, 10_000)
-        return episode_returns, data.normalized_score(episode_returns.mean())
-
-    def eval_line(step, episode_returns, score):
-        score_text = f"normalized {score:6.1f}" if score is not None else "(no reference scores)"
-        return f"step {step:>8d} | return {episode_returns.mean():8.1f} ± {episode_returns.std():6.1f} | {score_text}"
-
-    if args.eval_only:
-        try:
-            state, meta = load_checkpoint(args.checkpoint, state, "iql")
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
-        print(eval_line(meta["step"], *evaluate(state)))
-        return
-
-    run = Run(args)
-    run.text("data", f"{data.dataset_id} from {data.source}. " + " ".join(data.notes))
-    interrupt = GracefulInterrupt()
-    meta = {"algorithm": "iql", "env_id": args.env_id, "dataset_id": data.dataset_id}
-    bar = tqdm(total=args.total_steps, desc="iql", unit="update", smoothing=0.1)
-    step = 0
-    while step < args.total_steps and not interrupt.requested:
-        start = time.perf_counter()
-        state, metrics = iql.train_chunk(state, device_data)
-        metrics = jax.device_get(metrics)  # host sync point: once per chunk
-        elapsed = time.perf_counter() - start
-        bad = first_nonfinite(metrics)
-        if bad:
-            save_checkpoint(run.dir / "nonfinite.msgpack", state, {**meta, "step": step + args.log_every})
-            index, names = bad
-            values = ", ".join(f"{name} became {metrics[name][index]}" for name in names)
-            raise SystemExit(f"error: {values} at update {step + index + 1}; "
-                             f"stopped (state saved to {run.dir / 'nonfinite.msgpack'})")
-        step += args.log_every
-        bar.update(args.log_every)
-        run.scalars({k: v.mean() for k, v in metrics.items()} | {"charts/updates_per_sec": args.log_every / elapsed}, step)
-        if step % args.eval_every == 0 or step == args.total_steps:
-            episode_returns, score = evaluate(state)
-            run.scalars({"charts/episodic_return": episode_returns.mean()}
-                        | ({"charts/normalized_score": score} if score is not None else {}), step)
-            bar.write(eval_line(step, episode_returns, score))
-        if args.save_every and step % args.save_every == 0:
-            save_checkpoint(run.dir / f"checkpoint_{step}.msgpack", state, {**meta, "step": step})
-    bar.close()
-    save_checkpoint(run.dir / "final.msgpack", state, {**meta, "step": step})
-    print(f"{'interrupted' if interrupt.requested else 'done'} at update {step}; checkpoint {run.dir / 'final.msgpack'}")
-    run.close()
+    train_or_evaluate(args, "iql", iql, state, data, device_data)
 
 
 if __name__ == "__main__":

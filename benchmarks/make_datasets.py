@@ -83,8 +83,8 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
         ref_max_score=refs["expert"],
         description=(f"Stand-in for D4RL's {env}-{quality}, made by this project. "
                      + DESCRIPTIONS[quality].format(env=env, env_id=ENVS[env], seed=seed, num_steps=num_steps)
-                     + f" Reference scores: mean return over 100 episodes of uniformly random actions (ref_min) "
-                     f"and of the expert SAC policy sampling its actions (ref_max)."),
+                     + " Reference scores: mean return over 100 episodes of uniformly random actions (ref_min) "
+                     "and of the expert SAC policy sampling its actions (ref_max)."),
     )
     try:
         if quality == "medium-expert":

@@ -14,6 +14,7 @@ and a synthetic 1M-transition dataset on the device:
 Nothing here is asserted: these are measurements, recorded with the machine they came from.
 """
 
+import importlib
 import json
 import os
 import platform
@@ -73,14 +74,14 @@ def synthetic_data(key):
             "terminal": jnp.zeros((DATASET_SIZE,))}
 
 
+MAKERS = {"iql": "make_iql", "td3_bc": "make_td3_bc", "awr": "make_awr", "cql": "make_cql"}
+
+
 def build(algo: str, log_every: int):
     """(init, update, train_chunk) of one algorithm file with its default hyperparameters."""
-    if algo == "iql":
-        import iql
-
-        agent = iql.make_iql(iql.Args(log_every=log_every), OBS_DIM, ACTION_DIM)
-        return agent.init, agent.update, agent.train_chunk
-    raise ValueError(f"unknown algorithm {algo}")
+    module = importlib.import_module(algo)
+    agent = getattr(module, MAKERS[algo])(module.Args(log_every=log_every), OBS_DIM, ACTION_DIM)
+    return agent.init, agent.update, agent.train_chunk
 
 
 def measure(algo: str, log_every: int, seconds: float, peak: float) -> dict:
@@ -146,11 +147,11 @@ def machine() -> str:
 
 @dataclass
 class Args:
-    algos: tuple[str, ...] = ("iql",)
+    algos: tuple[str, ...] = ("iql", "td3_bc", "awr", "cql")
     seconds: float = 20.0
     """timed seconds per algorithm, after warm-up"""
     log_every: int = 1000
-    """updates per compiled chunk, as in the scripts"""
+    """updates per compiled chunk, as in the scripts (CQL, about 40x costlier per update, uses a tenth)"""
     out: Path = OUT
 
 
@@ -159,12 +160,12 @@ def main(args: Args):
     print(f"dense-matmul peak: {peak:.1f} GFLOP/s on {machine()}")
     rows = []
     for algo in args.algos:
-        row = measure(algo, args.log_every, args.seconds, peak)
+        row = measure(algo, args.log_every // 10 if algo == "cql" else args.log_every, args.seconds, peak)
         rows.append(row)
         print(json.dumps(row))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"machine": machine(), "matmul_peak_gflop_per_s": round(peak, 1), "peak_rss_mb": round(rss_mb),
-              "command": "python -m benchmarks.speed " + " ".join(f"--algos {a}" for a in args.algos[:1]),
+              "command": "python -m benchmarks.speed --algos " + " ".join(args.algos),
               "date": time.strftime("%Y-%m-%d"), "results": rows}
     (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"| {r['algorithm']} | {r['updates_per_s']} | {r['compile_s']} | {r['mflop_per_update']} "
@@ -173,7 +174,8 @@ def main(args: Args):
              f"{r['time_split_ms']['sampling']} sampling + {r['time_split_ms']['rest']} rest |" for r in rows]
     (args.out / "speed.md").write_text(
         f"# Training speed\n\n`python -m benchmarks.speed` on {result['machine']}, {result['date']}.\n"
-        f"Networks 2 x 256, batch 256, Hopper shapes, {args.log_every} updates per compiled chunk. "
+        f"Networks 2 x 256, batch 256, Hopper shapes, {args.log_every} updates per compiled chunk "
+        f"({args.log_every // 10} for CQL). "
         f"Dense-matmul peak measured in the same run: {peak:.1f} GFLOP/s. Peak RSS of the whole run: {rss_mb:.0f} MB.\n\n"
         "| algorithm | updates/s | compile (s) | MFLOP/update | GFLOP/s | of peak | ms per update |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")

@@ -15,7 +15,6 @@ number of gradient steps in one compiled call. The update-to-data ratio stays 1.
 
 import csv
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

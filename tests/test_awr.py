@@ -1,0 +1,214 @@
+import functools
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import awr
+from tests.cli import REPO, run_script
+
+SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=4, total_steps=100)
+
+
+# ---- losses against numpy ---------------------------------------------------------------------
+
+def test_sampled_actions_stay_in_bounds_and_stack_k_per_state():
+    mean, log_std = jnp.array([[0.9, -0.9], [0.0, 0.5]]), jnp.full((2, 2), np.log(3.0))
+    actions = np.asarray(awr.sample_actions(mean, log_std, jax.random.PRNGKey(0), 50))
+    assert actions.shape == (50, 2, 2)
+    assert actions.min() == -1.0 and actions.max() == 1.0  # wide noise: some were clipped, none escaped
+    one = awr.sample_actions(mean, jnp.full((2, 2), -20.0), jax.random.PRNGKey(0))
+    np.testing.assert_allclose(one, mean, atol=1e-6)
+
+
+def test_critic_loss_sums_twins_of_mean_td_error():
+    q = np.array([[1.0, 2.0], [0.0, 4.0]])  # (twin, batch)
+    reward, terminal, next_q = np.array([1.0, 1.0]), np.array([0.0, 1.0]), np.array([2.0, 5.0])
+    target = np.array([1.0 + 0.5 * 2.0, 1.0])  # the terminal transition does not bootstrap
+    expected = ((q[0] - target) ** 2).mean() + ((q[1] - target) ** 2).mean()
+    assert float(awr.critic_loss(q, reward, terminal, next_q, 0.5)) == pytest.approx(expected)
+
+
+def test_advantage_subtracts_the_mean_over_sampled_actions():
+    q_data = np.array([1.0, 2.0])
+    q_sampled = np.array([[0.0, 1.0], [2.0, 5.0], [1.0, 3.0]])  # (k=3, batch)
+    np.testing.assert_allclose(awr.advantage(q_data, q_sampled), [1.0 - 1.0, 2.0 - 3.0], rtol=1e-6)
+
+
+def test_awr_weights_divide_by_lambda_are_clipped_and_non_negative():
+    adv = np.array([-10.0, 0.0, 0.5, 10.0])
+    w = np.asarray(awr.awr_weights(adv, 0.5, 100.0))
+    np.testing.assert_allclose(w, [np.exp(-20.0), 1.0, np.exp(1.0), 100.0], rtol=1e-5)
+    assert (w >= 0).all() and w.max() <= 100.0
+    assert (np.asarray(awr.awr_weights(np.array([-1e4, 1e4]), 1.0, 20.0)) == [0.0, 20.0]).all()
+
+
+def test_awr_actor_loss_is_weighted_log_likelihood_without_gradient_into_the_weights():
+    log_prob, adv = jnp.array([-1.0, -2.0]), jnp.array([0.0, 2.0])
+    expected = -(1.0 * -1.0 + np.exp(1.0) * -2.0) / 2  # λ = 2
+    assert float(awr.awr_actor_loss(log_prob, adv, 2.0, 100.0)) == pytest.approx(expected, rel=1e-6)
+    assert float(jnp.abs(jax.grad(awr.awr_actor_loss, argnums=1)(log_prob, adv, 2.0, 100.0)).sum()) == 0.0
+    np.testing.assert_allclose(jax.grad(awr.awr_actor_loss)(log_prob, adv, 2.0, 100.0), [-0.5, -np.exp(1.0) / 2],
+                               rtol=1e-6)
+
+
+# ---- the update -------------------------------------------------------------------------------
+
+@functools.cache
+def compiled_awr(**overrides):  # one compilation per configuration, shared by the tests
+    args = awr.Args(**{**SMALL, **overrides})
+    agent = awr.make_awr(args, obs_dim=3, action_dim=2)
+    return args, agent._replace(update=jax.jit(agent.update))
+
+
+def small_awr(**overrides):
+    args, agent = compiled_awr(**overrides)
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.normal(size=(16, 3)), "action": rng.uniform(-0.9, 0.9, (16, 2)),
+             "reward": rng.normal(size=16), "next_obs": rng.normal(size=(16, 3)),
+             "terminal": (rng.random(16) < 0.2).astype(np.float64)}
+    return args, agent, jax.tree.map(jnp.float32, batch)
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def assert_trees_differ(a, b):
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+
+
+def test_actor_loss_does_not_move_the_critics():
+    _, greedy, batch = small_awr(temperature=0.01)
+    _, cloning, _ = small_awr(temperature=1e9)
+    state = greedy.init(jax.random.PRNGKey(0))
+    a, _ = greedy.update(state, batch)
+    b, _ = cloning.update(state, batch)
+    assert_trees_equal(a.critic, b.critic)
+    assert_trees_equal(a.target_critic, b.target_critic)
+    assert_trees_differ(a.actor, b.actor)
+
+
+def test_with_a_huge_lambda_the_actor_step_is_behavioural_cloning():
+    args, agent, batch = small_awr(temperature=1e9)  # every weight exp(A / λ) is 1
+    state = agent.init(jax.random.PRNGKey(0))
+    after, metrics = agent.update(state, batch)
+    actor = awr.GaussianActor(2, args.hidden_dims)
+    bc = lambda p: -awr.gaussian_log_prob(*actor.apply(p, batch["obs"]), batch["action"]).mean()  # noqa: E731
+    updates, _ = optax.adam(args.learning_rate).update(jax.grad(bc)(state.actor), state.actor_opt)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-7), optax.apply_updates(state.actor, updates),
+                 after.actor)
+    assert float(metrics["values/awr_weight"]) == pytest.approx(1.0)
+
+
+def test_target_is_a_polyak_average_of_the_new_critic():
+    args, agent, batch = small_awr()
+    state = agent.init(jax.random.PRNGKey(0))
+    state = state._replace(target_critic=jax.tree.map(lambda x: x + 1.0, state.target_critic))
+    after, _ = agent.update(state, batch)
+    rho = args.polyak
+    expected = jax.tree.map(lambda new, old: rho * new + (1 - rho) * old, after.critic, state.target_critic)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), after.target_critic, expected)
+
+
+def test_more_baseline_actions_change_only_the_actor_step():
+    _, one, batch = small_awr(baseline_actions=1)
+    _, four, _ = small_awr(baseline_actions=4)
+    state = one.init(jax.random.PRNGKey(0))
+    a, _ = one.update(state, batch)
+    b, _ = four.update(state, batch)
+    assert_trees_equal(a.critic, b.critic)
+    assert_trees_differ(a.actor, b.actor)
+
+
+def test_same_seed_same_losses():
+    _, agent, batch = small_awr()
+    data = {k: jnp.concatenate([v] * 4) for k, v in batch.items()}
+    runs = [agent.train_chunk(agent.init(jax.random.PRNGKey(7)), data)[1] for _ in range(2)]
+    assert_trees_equal(*runs)
+    different = agent.train_chunk(agent.init(jax.random.PRNGKey(8)), data)[1]
+    assert not np.array_equal(runs[0]["losses/critic"], different["losses/critic"])
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+CLI_SMALL = ["--hidden-dims", "32", "32", "--batch-size", "32", "--log-every", "100", "--eval-episodes", "2"]
+
+
+def test_cli_trains_saves_and_evaluates_its_checkpoint(tiny_hopper, tmp_path):
+    out = run_script("awr.py", "--env-id", tiny_hopper, "--total-steps", "300", "--eval-every", "300",
+                     "--save-every", "200", *CLI_SMALL, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "from project stand-in" in out.stdout
+    (line,) = [s for s in (out.stderr + out.stdout).splitlines() if s.startswith("step      300 | return")]
+    assert "normalized" in line
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert {p.name for p in run_dir.glob("*.msgpack")} == {"checkpoint_200.msgpack", "final.msgpack"}
+    assert list(run_dir.glob("events.out.tfevents.*"))
+
+    again = run_script("awr.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint",
+                       str(run_dir / "final.msgpack"), *CLI_SMALL, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert line in again.stdout  # deterministic policy, same start states: the same line
+
+
+def test_eval_only_rejects_a_checkpoint_of_another_algorithm(tiny_hopper, tmp_path):
+    from common.logger import save_checkpoint
+
+    state = awr.make_awr(awr.Args(), 11, 3).init(jax.random.PRNGKey(0))
+    save_checkpoint(tmp_path / "iql.msgpack", state, {"algorithm": "iql", "env_id": tiny_hopper, "step": 0})
+    with pytest.raises(SystemExit, match="error: .*iql.msgpack was written by iql, not awr$"):
+        awr.main(awr.Args(env_id=tiny_hopper, eval_only=True, checkpoint=tmp_path / "iql.msgpack"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "-1"], "--batch-size must be positive"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--baseline-actions", "0"], "--baseline-actions must be positive"),
+    (["--log-every", "0"], "--total-steps and --log-every must be positive"),
+    (["--total-steps", "150", "--log-every", "100"], "multiples of --log-every"),
+    (["--env-id", "hopper-mediun"], "Did you mean 'hopper-medium'"),
+    (["--eval-only", "--checkpoint", "missing.msgpack"], "no checkpoint at missing.msgpack"),
+])
+def test_cli_bad_values_are_one_clear_line(args, message, minari_store, tmp_path):
+    out = run_script("awr.py", *args, cwd=tmp_path)
+    assert out.returncode != 0
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_nan_loss_stops_the_run_naming_step_and_loss(tiny_hopper, tmp_path, monkeypatch):
+    from common import datasets
+
+    real = datasets.load_dataset
+
+    def poisoned(name):
+        data = real(name)
+        data.reward[:] = np.nan
+        return data
+
+    monkeypatch.setattr(awr, "load_dataset", poisoned)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"losses/critic became nan at update 1;"):
+        awr.main(awr.Args(env_id=tiny_hopper, **{**SMALL, "total_steps": 8, "eval_every": 8}))
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tiny_hopper, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(REPO / "awr.py"), "--env-id", tiny_hopper, "--total-steps",
+                             "10000000", *CLI_SMALL], cwd=tmp_path,
+                            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/*/events.out.tfevents.*")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # let it compile and train a few chunks
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "interrupted at update" in stdout and "Traceback" not in stderr
+    assert list(tmp_path.glob("runs/*/final.msgpack"))

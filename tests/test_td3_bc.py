@@ -1,0 +1,234 @@
+import functools
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import td3_bc
+from tests.cli import REPO, run_script
+
+SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=4, total_steps=100)
+
+
+# ---- losses against numpy ---------------------------------------------------------------------
+
+def test_target_smoothing_clips_the_noise_then_the_action():
+    next_action = np.array([[0.9, 0.0, -0.2, -0.8]])
+    noise = np.array([[0.3, 2.0, -0.1, -0.4]])
+    expected = [[1.0, 0.5, -0.3, -1.0]]  # 0.9+0.3 hits the bound; 2.0 is clipped to 0.5; -0.8-0.4 hits -1
+    np.testing.assert_allclose(td3_bc.smoothed_target_action(next_action, noise, 0.5), expected, rtol=1e-6)
+
+
+def test_critic_loss_sums_twins_of_mean_td_error():
+    q = np.array([[1.0, 2.0], [0.0, 4.0]])  # (twin, batch)
+    reward, terminal, next_q = np.array([1.0, 1.0]), np.array([0.0, 1.0]), np.array([2.0, 5.0])
+    target = np.array([1.0 + 0.5 * 2.0, 1.0])  # the terminal transition does not bootstrap
+    expected = ((q[0] - target) ** 2).mean() + ((q[1] - target) ** 2).mean()
+    assert float(td3_bc.critic_loss(q, reward, terminal, next_q, 0.5)) == pytest.approx(expected)
+
+
+def test_actor_loss_is_scaled_q_plus_mean_squared_error():
+    q = np.array([2.0, -4.0])
+    pi, a = np.array([[0.5, 0.0], [0.0, -1.0]]), np.array([[0.0, 0.0], [0.0, 0.0]])
+    lam = 2.5 / 3.0
+    bc = (0.25 + 0 + 0 + 1.0) / 4  # averaged over batch and action dimensions, as the authors' code does
+    loss, (lam_out, bc_out) = td3_bc.td3_bc_actor_loss(q, pi, a, 2.5, 1.0)
+    assert float(loss) == pytest.approx(-lam * (2.0 - 4.0) / 2 + bc)
+    assert (float(lam_out), float(bc_out)) == pytest.approx((lam, bc))
+    plain_td3, _ = td3_bc.td3_bc_actor_loss(q, pi, a, 2.5, 0.0)
+    assert float(plain_td3) == pytest.approx(-lam * (2.0 - 4.0) / 2)
+
+
+def test_lambda_carries_no_gradient():
+    q, pi, a = jnp.array([2.0, -4.0]), jnp.zeros((2, 1)), jnp.zeros((2, 1))
+    grad = jax.grad(lambda q: td3_bc.td3_bc_actor_loss(q, pi, a, 2.5, 1.0)[0])(q)
+    # With λ = 2.5 / mean|q| held fixed, dL/dq_i = -λ / B; a gradient through λ would make the two differ.
+    np.testing.assert_allclose(grad, [-2.5 / 3.0 / 2, -2.5 / 3.0 / 2], rtol=1e-6)
+
+
+# ---- the update -------------------------------------------------------------------------------
+
+@functools.cache
+def compiled_td3_bc(**overrides):  # one compilation per configuration, shared by the tests
+    args = td3_bc.Args(**{**SMALL, **overrides})
+    agent = td3_bc.make_td3_bc(args, obs_dim=3, action_dim=2)
+    return args, agent._replace(update=jax.jit(agent.update))
+
+
+def small_td3_bc(**overrides):
+    args, agent = compiled_td3_bc(**overrides)
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.normal(size=(16, 3)), "action": rng.uniform(-0.9, 0.9, (16, 2)),
+             "reward": rng.normal(size=16), "next_obs": rng.normal(size=(16, 3)),
+             "terminal": (rng.random(16) < 0.2).astype(np.float64)}
+    return args, agent, jax.tree.map(jnp.float32, batch)
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def assert_trees_differ(a, b):
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+
+
+def test_actor_and_targets_move_only_every_second_update():
+    args, agent, batch = small_td3_bc()
+    state = agent.init(jax.random.PRNGKey(0))
+    first, m1 = agent.update(state, batch)
+    assert_trees_differ(first.critic, state.critic)
+    for field in ("actor", "actor_opt", "target_actor", "target_critic"):
+        assert_trees_equal(getattr(first, field), getattr(state, field))
+    assert float(m1["losses/actor"]) == 0.0
+    second, m2 = agent.update(first, batch)
+    assert_trees_differ(second.actor, first.actor)
+    # the actor's loss reads the first twin of the critic just updated (as TD3 does)
+    pi = td3_bc.DeterministicActor(2, args.hidden_dims).apply(first.actor, batch["obs"])
+    q1 = td3_bc.TwinCritic(args.hidden_dims).apply(second.critic, batch["obs"], pi)[0]
+    expected, _ = td3_bc.td3_bc_actor_loss(q1, pi, batch["action"], args.alpha, args.bc_weight)
+    assert float(m2["losses/actor"]) == pytest.approx(float(expected), rel=1e-5)
+    for new, field in (("critic", "target_critic"), ("actor", "target_actor")):
+        rho = args.polyak
+        expected = jax.tree.map(lambda n, old: rho * n + (1 - rho) * old, getattr(second, new), getattr(first, field))
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), getattr(second, field), expected)
+
+
+def test_policy_delay_one_moves_the_actor_every_update():
+    _, agent, batch = small_td3_bc(policy_delay=1)
+    state = agent.init(jax.random.PRNGKey(0))
+    assert_trees_differ(agent.update(state, batch)[0].actor, state.actor)
+
+
+def test_critic_never_depends_on_the_current_actor():
+    _, agent, batch = small_td3_bc()
+    state = agent.init(jax.random.PRNGKey(0))._replace(step=jnp.int32(1))  # the next update moves the actor
+    other_actor = agent.init(jax.random.PRNGKey(1)).actor
+    after, _ = agent.update(state, batch)
+    after_other, _ = agent.update(state._replace(actor=other_actor), batch)
+    assert_trees_equal(after.critic, after_other.critic)
+    assert_trees_equal(after.target_critic, after_other.target_critic)
+    assert_trees_differ(after.actor, after_other.actor)
+
+
+def test_actor_loss_does_not_move_the_critics():
+    _, with_q, batch = small_td3_bc()
+    _, bc_only, _ = small_td3_bc(alpha=0.0)  # no gradient reaches Q(s, π(s)) here
+    state = with_q.init(jax.random.PRNGKey(0))
+    a, b = state, state
+    for _ in range(2):  # the second update moves the actor (a third would see the targets differ)
+        a, _ = with_q.update(a, batch)
+        b, _ = bc_only.update(b, batch)
+    assert_trees_equal(a.critic, b.critic)
+    assert_trees_equal(a.target_critic, b.target_critic)
+    assert_trees_differ(a.actor, b.actor)
+
+
+def test_policy_normalizes_raw_observations_with_the_stored_statistics():
+    args, agent, _ = small_td3_bc()
+    mean, std = jnp.array([1.0, -2.0, 3.0]), jnp.array([2.0, 0.5, 4.0])
+    state = agent.init(jax.random.PRNGKey(0))._replace(obs_mean=mean, obs_std=std)
+    obs = jnp.array([[1.0, 0.0, -1.0], [3.0, -2.0, 7.0]])
+    expected = td3_bc.DeterministicActor(2, args.hidden_dims).apply(state.actor, (obs - mean) / std)
+    np.testing.assert_allclose(agent.policy(state, obs), expected, rtol=1e-6)
+
+
+def test_same_seed_same_losses():
+    _, agent, batch = small_td3_bc()
+    data = {k: jnp.concatenate([v] * 4) for k, v in batch.items()}
+    runs = [agent.train_chunk(agent.init(jax.random.PRNGKey(7)), data)[1] for _ in range(2)]
+    assert_trees_equal(*runs)
+    different = agent.train_chunk(agent.init(jax.random.PRNGKey(8)), data)[1]
+    assert not np.array_equal(runs[0]["losses/critic"], different["losses/critic"])
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+CLI_SMALL = ["--hidden-dims", "32", "32", "--batch-size", "32", "--log-every", "100", "--eval-episodes", "2"]
+
+
+def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tmp_path):
+    out = run_script("td3_bc.py", "--env-id", tiny_hopper, "--total-steps", "300", "--eval-every", "300",
+                     "--save-every", "200", *CLI_SMALL, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "from project stand-in" in out.stdout
+    (line,) = [s for s in (out.stderr + out.stdout).splitlines() if s.startswith("step      300 | return")]
+    assert "normalized" in line
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert {p.name for p in run_dir.glob("*.msgpack")} == {"checkpoint_200.msgpack", "final.msgpack"}
+    assert list(run_dir.glob("events.out.tfevents.*"))
+
+    from common.datasets import load_dataset
+    from common.logger import load_checkpoint
+
+    data = load_dataset(tiny_hopper)
+    template = td3_bc.make_td3_bc(td3_bc.Args(hidden_dims=(32, 32)), 11, 3).init(jax.random.PRNGKey(0))
+    saved, meta = load_checkpoint(run_dir / "final.msgpack", template, "td3_bc")
+    assert meta["step"] == 300 and int(saved.step) == 300
+    np.testing.assert_allclose(saved.obs_mean, data.obs.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(saved.obs_std, data.obs.std(0) + 1e-3, rtol=1e-5)
+
+    again = run_script("td3_bc.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint",
+                       str(run_dir / "final.msgpack"), *CLI_SMALL, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert line in again.stdout  # deterministic policy, same start states, same statistics: the same line
+
+
+def test_eval_only_rejects_a_checkpoint_of_another_algorithm(tiny_hopper, tmp_path):
+    from common.logger import save_checkpoint
+
+    state = td3_bc.make_td3_bc(td3_bc.Args(), 11, 3).init(jax.random.PRNGKey(0))
+    save_checkpoint(tmp_path / "iql.msgpack", state, {"algorithm": "iql", "env_id": tiny_hopper, "step": 0})
+    with pytest.raises(SystemExit, match="error: .*iql.msgpack was written by iql, not td3_bc$"):
+        td3_bc.main(td3_bc.Args(env_id=tiny_hopper, eval_only=True, checkpoint=tmp_path / "iql.msgpack"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "-1"], "--batch-size must be positive"),
+    (["--alpha", "-1"], "--alpha must be >= 0"),
+    (["--policy-delay", "0"], "--policy-delay must be positive"),
+    (["--log-every", "0"], "--total-steps and --log-every must be positive"),
+    (["--policy-delay", "3", "--log-every", "100"], "--log-every must be a multiple of --policy-delay (3)"),
+    (["--env-id", "hopper-mediun"], "Did you mean 'hopper-medium'"),
+    (["--eval-only", "--checkpoint", "missing.msgpack"], "no checkpoint at missing.msgpack"),
+])
+def test_cli_bad_values_are_one_clear_line(args, message, minari_store, tmp_path):
+    out = run_script("td3_bc.py", *args, cwd=tmp_path)
+    assert out.returncode != 0
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_nan_loss_stops_the_run_naming_step_and_loss(tiny_hopper, tmp_path, monkeypatch):
+    from common import datasets
+
+    real = datasets.load_dataset
+
+    def poisoned(name):
+        data = real(name)
+        data.reward[:] = np.nan
+        return data
+
+    monkeypatch.setattr(td3_bc, "load_dataset", poisoned)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"losses/critic became nan at update 1;"):
+        td3_bc.main(td3_bc.Args(env_id=tiny_hopper, **{**SMALL, "total_steps": 8, "eval_every": 8}))
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tiny_hopper, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(REPO / "td3_bc.py"), "--env-id", tiny_hopper, "--total-steps",
+                             "10000000", *CLI_SMALL], cwd=tmp_path,
+                            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/*/events.out.tfevents.*")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # let it compile and train a few chunks
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "interrupted at update" in stdout and "Traceback" not in stderr
+    assert list(tmp_path.glob("runs/*/final.msgpack"))
