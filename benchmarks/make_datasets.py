@@ -14,6 +14,7 @@ identical data: episode i starts from reset(seed=seed + i) and the policy's nois
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -185,7 +186,12 @@ class Args:
     """afterwards, tabulate every local stand-in into benchmarks/datasets.md"""
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def main(args: Args):
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up half-built data exactly as Ctrl-C does
     if args.num_steps <= 0:
         raise SystemExit(f"--num-steps must be positive, got {args.num_steps}")
     try:
@@ -199,6 +205,8 @@ def main(args: Args):
             write_summary()
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: the unfinished dataset was removed; datasets already built are kept")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,3 @@
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +5,7 @@ import numpy as np
 import pytest
 
 import iql
-from tests.cli import REPO, run_script
+from tests.cli import run_script
 
 SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=5, total_steps=100)
 
@@ -164,44 +160,10 @@ def test_cli_eval_only_rejects_a_checkpoint_of_other_networks(tiny_hopper, tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batch-size", "-1"], "--batch-size must be positive"),
     (["--expectile", "1.0"], "--expectile must be in [0.5, 1)"),
-    (["--env-id", "hopper-mediun"], "Did you mean 'hopper-medium'"),
-    (["--eval-only", "--checkpoint", "missing.msgpack"], "no checkpoint at missing.msgpack"),
-    (["--total-steps", "150", "--log-every", "100"], "multiples of --log-every"),
+    (["--beta", "-1"], "--beta must be >= 0"),
 ])
 def test_cli_bad_values_are_one_clear_line(args, message, minari_store, tmp_path):
     out = run_script("iql.py", *args, cwd=tmp_path)
     assert out.returncode != 0
     assert message in out.stderr and "Traceback" not in out.stderr
-
-
-def test_nan_loss_stops_the_run_naming_step_and_loss(tiny_hopper, tmp_path, monkeypatch):
-    from common import datasets
-
-    real = datasets.load_dataset
-
-    def poisoned(name):
-        data = real(name)
-        data.reward[:] = np.nan
-        return data
-
-    monkeypatch.setattr(iql, "load_dataset", poisoned)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"losses/critic became nan at update 1;"):
-        iql.main(iql.Args(env_id=tiny_hopper, **{**SMALL, "total_steps": 10, "eval_every": 10}))
-
-
-def test_ctrl_c_saves_and_exits_cleanly(tiny_hopper, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(REPO / "iql.py"), "--env-id", tiny_hopper, "--total-steps", "10000000",
-                             *CLI_SMALL], cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob("runs/*/events.out.tfevents.*")) and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)  # let it compile and train a few chunks
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    assert "interrupted at update" in stdout and "Traceback" not in stderr
-    assert list(tmp_path.glob("runs/*/final.msgpack"))

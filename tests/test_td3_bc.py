@@ -1,8 +1,4 @@
 import functools
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +6,7 @@ import numpy as np
 import pytest
 
 import td3_bc
-from tests.cli import REPO, run_script
+from tests.cli import run_script
 
 SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=4, total_steps=100)
 
@@ -178,57 +174,14 @@ def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tm
     assert line in again.stdout  # deterministic policy, same start states, same statistics: the same line
 
 
-def test_eval_only_rejects_a_checkpoint_of_another_algorithm(tiny_hopper, tmp_path):
-    from common.logger import save_checkpoint
-
-    state = td3_bc.make_td3_bc(td3_bc.Args(), 11, 3).init(jax.random.PRNGKey(0))
-    save_checkpoint(tmp_path / "iql.msgpack", state, {"algorithm": "iql", "env_id": tiny_hopper, "step": 0})
-    with pytest.raises(SystemExit, match="error: .*iql.msgpack was written by iql, not td3_bc$"):
-        td3_bc.main(td3_bc.Args(env_id=tiny_hopper, eval_only=True, checkpoint=tmp_path / "iql.msgpack"))
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batch-size", "-1"], "--batch-size must be positive"),
     (["--alpha", "-1"], "--alpha must be >= 0"),
     (["--policy-delay", "0"], "--policy-delay must be positive"),
-    (["--log-every", "0"], "--total-steps and --log-every must be positive"),
     (["--policy-delay", "3", "--log-every", "100"], "--log-every must be a multiple of --policy-delay (3)"),
-    (["--env-id", "hopper-mediun"], "Did you mean 'hopper-medium'"),
-    (["--eval-only", "--checkpoint", "missing.msgpack"], "no checkpoint at missing.msgpack"),
 ])
 def test_cli_bad_values_are_one_clear_line(args, message, minari_store, tmp_path):
     out = run_script("td3_bc.py", *args, cwd=tmp_path)
     assert out.returncode != 0
     assert message in out.stderr and "Traceback" not in out.stderr
-
-
-def test_nan_loss_stops_the_run_naming_step_and_loss(tiny_hopper, tmp_path, monkeypatch):
-    from common import datasets
-
-    real = datasets.load_dataset
-
-    def poisoned(name):
-        data = real(name)
-        data.reward[:] = np.nan
-        return data
-
-    monkeypatch.setattr(td3_bc, "load_dataset", poisoned)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"losses/critic became nan at update 1;"):
-        td3_bc.main(td3_bc.Args(env_id=tiny_hopper, **{**SMALL, "total_steps": 8, "eval_every": 8}))
-
-
-def test_ctrl_c_saves_and_exits_cleanly(tiny_hopper, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(REPO / "td3_bc.py"), "--env-id", tiny_hopper, "--total-steps",
-                             "10000000", *CLI_SMALL], cwd=tmp_path,
-                            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob("runs/*/events.out.tfevents.*")) and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)  # let it compile and train a few chunks
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    assert "interrupted at update" in stdout and "Traceback" not in stderr
-    assert list(tmp_path.glob("runs/*/final.msgpack"))
