@@ -177,6 +177,9 @@ def main(args: Args):
         f"Networks 2 x 256, batch 256, Hopper shapes, {args.log_every} updates per compiled chunk "
         f"({args.log_every // 10} for CQL). "
         f"Dense-matmul peak measured in the same run: {peak:.1f} GFLOP/s. Peak RSS of the whole run: {rss_mb:.0f} MB.\n\n"
+        "XLA counts both branches of a `lax.cond` as executed, so TD3+BC's FLOPs include its delayed actor step on "
+        "every update (it runs on every second): its MFLOP/update, GFLOP/s and share of peak are overstated by "
+        "about a fifth.\n\n"
         "| algorithm | updates/s | compile (s) | MFLOP/update | GFLOP/s | of peak | ms per update |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
     print((args.out / "speed.md").read_text())
