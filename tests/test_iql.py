@@ -6,6 +6,7 @@ import pytest
 
 import iql
 from tests.cli import run_script
+from tests.helpers import assert_trees_equal, random_batch
 
 SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=5, total_steps=100)
 
@@ -62,15 +63,7 @@ def test_ddpg_bc_lambda_carries_no_gradient():
 def small_iql(**overrides):
     args = iql.Args(**{**SMALL, **overrides})
     agent = iql.make_iql(args, obs_dim=3, action_dim=2)
-    rng = np.random.default_rng(0)
-    batch = {"obs": rng.normal(size=(16, 3)), "action": rng.uniform(-0.9, 0.9, (16, 2)),
-             "reward": rng.normal(size=16), "next_obs": rng.normal(size=(16, 3)),
-             "terminal": (rng.random(16) < 0.2).astype(np.float64)}
-    return args, agent, jax.tree.map(jnp.float32, batch)
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    return args, agent, random_batch()
 
 
 def test_critic_and_value_never_depend_on_the_actor():

@@ -7,6 +7,7 @@ import pytest
 
 import td3_bc
 from tests.cli import run_script
+from tests.helpers import assert_trees_differ, assert_trees_equal, random_batch
 
 SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=4, total_steps=100)
 
@@ -58,19 +59,7 @@ def compiled_td3_bc(**overrides):  # one compilation per configuration, shared b
 
 def small_td3_bc(**overrides):
     args, agent = compiled_td3_bc(**overrides)
-    rng = np.random.default_rng(0)
-    batch = {"obs": rng.normal(size=(16, 3)), "action": rng.uniform(-0.9, 0.9, (16, 2)),
-             "reward": rng.normal(size=16), "next_obs": rng.normal(size=(16, 3)),
-             "terminal": (rng.random(16) < 0.2).astype(np.float64)}
-    return args, agent, jax.tree.map(jnp.float32, batch)
-
-
-def assert_trees_equal(a, b):
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
-def assert_trees_differ(a, b):
-    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+    return args, agent, random_batch()
 
 
 def test_actor_and_targets_move_only_every_second_update():
