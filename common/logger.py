@@ -1,4 +1,4 @@
-"""Run directories, TensorBoard scalars, checkpoints and the guards every training loop needs."""
+"""Run directories, TensorBoard scalars, an evaluations CSV, checkpoints and the guards every training loop needs."""
 
 import dataclasses
 import json
@@ -20,13 +20,24 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(self.dir))
         config = {k: str(v) for k, v in dataclasses.asdict(args).items()}
-        (self.dir / "args.json").write_text(json.dumps(config, indent=2) + "\n")
+        self.json("args.json", config)
         table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     def scalars(self, values: dict, step: int):
         for name, value in values.items():
             self.writer.add_scalar(name, float(value), step)
+
+    def evaluation(self, row: dict):
+        """Append one evaluation (with the metrics of the chunk before it) to evaluations.csv."""
+        path = self.dir / "evaluations.csv"
+        with path.open("a") as f:
+            if f.tell() == 0:
+                f.write(",".join(row) + "\n")
+            f.write(",".join(f"{float(v):.6g}" for v in row.values()) + "\n")
+
+    def json(self, name: str, content: dict):
+        (self.dir / name).write_text(json.dumps(content, indent=2) + "\n")
 
     def text(self, tag: str, text: str):
         self.writer.add_text(tag, text)

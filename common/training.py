@@ -61,10 +61,14 @@ def train_or_evaluate(args, algorithm: str, agent, state, data, device_data, sum
     summarize = summarize or (lambda metrics: {k: v.mean() for k, v in metrics.items()})
     run = Run(args)
     run.text("data", f"{data.dataset_id} from {data.source}. " + " ".join(data.notes))
+    run.json("dataset.json", {"dataset_id": data.dataset_id, "source": data.source, "notes": data.notes,
+                              "episodes": len(data.episode_returns), "transitions": len(data.obs),
+                              "mean_return": float(data.episode_returns.mean()),
+                              "mean_normalized_return": data.normalized_score(float(data.episode_returns.mean()))})
     interrupt = GracefulInterrupt()
     meta = {"algorithm": algorithm, "env_id": args.env_id, "dataset_id": data.dataset_id}
     bar = tqdm(total=args.total_steps, desc=algorithm, unit="update", smoothing=0.1)
-    step = 0
+    step, train_start = 0, time.perf_counter()
     while step < args.total_steps and not interrupt.requested:
         start = time.perf_counter()
         state, metrics = agent.train_chunk(state, device_data)
@@ -79,11 +83,15 @@ def train_or_evaluate(args, algorithm: str, agent, state, data, device_data, sum
                              f"stopped (state saved to {run.dir / 'nonfinite.msgpack'})")
         step += args.log_every
         bar.update(args.log_every)
-        run.scalars(summarize(metrics) | {"charts/updates_per_sec": args.log_every / elapsed}, step)
+        scalars = summarize(metrics) | {"charts/updates_per_sec": args.log_every / elapsed}
+        run.scalars(scalars, step)
         if step % args.eval_every == 0 or step == args.total_steps:
             episode_returns, score = evaluate(state)
-            run.scalars({"charts/episodic_return": episode_returns.mean()}
-                        | ({"charts/normalized_score": score} if score is not None else {}), step)
+            result = ({"charts/episodic_return": episode_returns.mean()}
+                      | ({"charts/normalized_score": score} if score is not None else {}))
+            run.scalars(result, step)
+            run.evaluation({"step": step, "wall_s": time.perf_counter() - train_start,
+                            "return_std": episode_returns.std()} | result | scalars)
             bar.write(eval_line(step, episode_returns, score))
         if args.save_every and step % args.save_every == 0:
             save_checkpoint(run.dir / f"checkpoint_{step}.msgpack", state, {**meta, "step": step})

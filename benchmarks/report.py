@@ -1,0 +1,149 @@
+"""Turn the runs recorded by `benchmarks/run.py` into `benchmarks/results.md` and learning-curve PNGs.
+
+    python -m benchmarks.report
+
+For each dataset and each algorithm (or named variant): the normalized score at the last evaluation
+(mean ± std over seeds), the best point of the seed-averaged learning curve, the dataset's own mean
+normalized return beside them, the wall time per run and the machine. One figure per dataset shows the
+score curves (mean over seeds, shaded ± one std); another shows each method's mean Q estimate, on a log
+scale, which is where plain offline TD3's divergence shows.
+"""
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import tyro
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Args:
+    results: Path = HERE / "results"
+    out: Path = HERE / "results.md"
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]} if rows else {}
+
+
+def load_cells(results: Path) -> dict[tuple[str, str], list[dict]]:
+    """(env_id, name) -> one record per seed, each with its evaluations under "curve"."""
+    cells = defaultdict(list)
+    for record_path in sorted(results.glob("*/*.json")):
+        record = json.loads(record_path.read_text())
+        curve_path = record_path.with_suffix(".csv")
+        record["curve"] = read_csv(curve_path) if curve_path.is_file() else {}
+        cells[record["env_id"], record["name"]].append(record)
+    return cells
+
+
+def seed_curves(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps evaluated by every seed, and the (seeds, steps) matrix of `key` at those steps."""
+    curves = [r["curve"] for r in records if key in r.get("curve", {})]
+    if not curves:
+        return np.array([]), np.zeros((0, 0))
+    steps = sorted(set.intersection(*(set(c["step"].tolist()) for c in curves)))
+    values = np.array([[c[key][list(c["step"]).index(s)] for s in steps] for c in curves])
+    return np.array(steps), values
+
+
+def summarize(records: list[dict]) -> dict:
+    steps, scores = seed_curves(records, "charts/normalized_score")
+    finished = [r for r in records if r["outcome"] == "finished"]
+    row = {"seeds": len(records), "total_steps": records[0]["total_steps"],
+           "failed": [f"seed {r['seed']}: {r['outcome']}" for r in records if r["outcome"] != "finished"],
+           "wall_min": np.mean([r["wall_s"] for r in finished]) / 60 if finished else None,
+           "dataset": next((r["dataset"] for r in records if r.get("dataset")), None)}
+    if scores.size:
+        final = scores[:, -1]
+        best = int(np.argmax(scores.mean(0)))
+        row |= {"final": (final.mean(), final.std()), "final_step": int(steps[-1]),
+                "best": (scores[:, best].mean(), scores[:, best].std()), "best_step": int(steps[best])}
+    return row
+
+
+def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool = False):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (env, name), records in sorted(cells.items()):
+        steps, values = seed_curves(records, key)
+        if env != env_id or not values.size:
+            continue
+        mean, std = values.mean(0), values.std(0)
+        ax.plot(steps, mean, label=f"{name} ({len(values)} seeds)")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    dataset = next((r["dataset"] for (env, _), rs in cells.items() if env == env_id for r in rs if r.get("dataset")), None)
+    if key == "charts/normalized_score" and dataset and dataset.get("mean_normalized_return") is not None:
+        ax.axhline(dataset["mean_normalized_return"], color="gray", linestyle="--", label="dataset mean")
+    if log:
+        ax.set_yscale("symlog")
+    ax.set(xlabel="gradient updates", ylabel=ylabel, title=env_id)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def commands(cell_records) -> list[str]:
+    """One line per command, the seeds that ran it folded into `--seed {0,1,2}`."""
+    seeds = defaultdict(list)
+    for records in cell_records:
+        for r in records:
+            seeds[r["command"].replace(f"--seed {r['seed']} ", "--seed {} ")].append(r["seed"])
+    return [c.replace("{}", "{" + ",".join(map(str, sorted(s))) + "}") for c, s in sorted(seeds.items())]
+
+
+def fmt(pair) -> str:
+    return f"{pair[0]:.1f} ± {pair[1]:.1f}" if pair else "–"
+
+
+def main(args: Args):
+    cells = load_cells(args.results)
+    if not cells:
+        raise SystemExit(f"error: no runs recorded under {args.results}; run `python -m benchmarks.run` first")
+    lines = ["# Results", "",
+             "Normalized score (0 = random, 100 = expert) of the deterministic policy over 10 evaluation episodes,",
+             "mean ± std over seeds. *final*: at the last evaluation; *best*: the best point of the seed-averaged",
+             "curve (optimistic: it picks a step after seeing the scores). Made by `python -m benchmarks.run`,",
+             "written by `python -m benchmarks.report`. Stand-in datasets: not comparable with published D4RL numbers.", ""]
+    for env_id in sorted({env for env, _ in cells}):
+        rows = {name: summarize(records) for (env, name), records in sorted(cells.items()) if env == env_id}
+        dataset = next((row["dataset"] for row in rows.values() if row["dataset"]), None)
+        lines += [f"## {env_id}", ""]
+        if dataset:
+            lines += [(f"Data: `{dataset['dataset_id']}` ({dataset['source']}), {dataset['episodes']} episodes, "
+                       f"{dataset['transitions']} transitions; its mean normalized return is "
+                       f"**{dataset['mean_normalized_return']:.1f}**."), ""]
+        lines += ["| method | updates | seeds | final | best (at update) | minutes per run |", "|---|---|---|---|---|---|"]
+        for name, row in rows.items():
+            best = f"{fmt(row.get('best'))} ({row['best_step']})" if row.get("best") else "–"
+            wall = f"{row['wall_min']:.0f}" if row["wall_min"] is not None else "–"
+            lines.append(f"| {name} | {row['total_steps']} | {row['seeds']} | {fmt(row.get('final'))} | {best} | {wall} |")
+        for name, row in rows.items():
+            if row["failed"]:
+                lines.append(f"- {name}: " + "; ".join(row["failed"]))
+        stem = env_id.replace("/", "-")
+        plot(env_id, cells, "charts/normalized_score", "normalized score", args.out.parent / f"results_{stem}.png")
+        plot(env_id, cells, "values/q", "mean Q(s, a) on batches (scaled rewards)", args.out.parent / f"results_{stem}_q.png",
+             log=True)
+        lines += ["", f"![learning curves](results_{stem}.png) ![Q estimates](results_{stem}_q.png)", "", "Commands:", ""]
+        lines += ["```", *commands(rs for (env, _), rs in cells.items() if env == env_id), "```", ""]
+    machines = sorted({r["machine"] for rs in cells.values() for r in rs})
+    dates = sorted({r["date"] for rs in cells.values() for r in rs})
+    lines += [f"Machine: {'; '.join(machines)}. Runs made {dates[0]} to {dates[-1]}.", ""]
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out} and its figures")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,122 @@
+"""benchmarks/run.py (the grid of training runs) and benchmarks/report.py (results.md and figures)."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from benchmarks import report, run
+from tests.test_training import CLI_SMALL
+
+
+def small_grid(tiny_hopper, tmp_path, **overrides) -> run.Args:
+    settings = dict(algos=("iql",), env_ids=(tiny_hopper,), seeds=(0,), total_steps=200, eval_every=100,
+                    name="small_iql", script_args=tuple(CLI_SMALL), results=tmp_path / "results", work_dir=tmp_path)
+    return run.Args(**(settings | overrides))
+
+
+def test_grid_records_each_run_and_a_second_call_does_no_work(tiny_hopper, tmp_path, monkeypatch, capsys):
+    run.main(small_grid(tiny_hopper, tmp_path))
+    record = json.loads((tmp_path / "results" / tiny_hopper / "small_iql__seed0.json").read_text())
+    assert record["outcome"] == "finished" and record["total_steps"] == 200
+    assert record["dataset"]["dataset_id"] == "offrl-standin/hopper/random-v0"
+    curve = report.read_csv(tmp_path / "results" / tiny_hopper / "small_iql__seed0.csv")
+    assert curve["step"].tolist() == [100, 200]
+    assert {"charts/normalized_score", "values/q", "losses/critic"} <= set(curve)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(run, "run_cell", no_training)
+    run.main(small_grid(tiny_hopper, tmp_path))
+    assert "1 of 1 runs already done; 0 to go" in capsys.readouterr().out
+
+
+def fake_script(steps_reached: int, code: int = 0):
+    """Stands in for a training script: writes an evaluations.csv that stops at `steps_reached`."""
+    def fake_run(command, cwd, check):
+        exp_name = command[command.index("--exp-name") + 1]
+        run_dir = cwd / "runs" / f"env__{exp_name}__0__1"
+        run_dir.mkdir(parents=True)
+        rows = "".join(f"{s},1,0,10,0.5,1\n" for s in range(100, steps_reached + 1, 100))
+        (run_dir / "evaluations.csv").write_text("step,wall_s,return_std,charts/episodic_return,"
+                                                 "charts/normalized_score,values/q\n" + rows)
+        return subprocess.CompletedProcess(command, code)
+    return fake_run
+
+
+def test_an_interrupted_run_is_not_recorded_and_the_rerun_completes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    args = small_grid("hopper-medium", tmp_path, seeds=(0, 1))
+    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=100))  # Ctrl-C after the first evaluation
+    with pytest.raises(SystemExit, match="interrupted during .*--seed 0"):
+        run.main(args)
+    assert not list((tmp_path / "results").glob("*/*.json"))
+
+    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=200))
+    run.main(args)
+    records = sorted((tmp_path / "results" / "hopper-medium").glob("*.json"))
+    assert [r.name for r in records] == ["small_iql__seed0.json", "small_iql__seed1.json"]
+
+
+def test_a_run_that_stops_on_nan_is_recorded_as_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=100, code=1))
+    run.main(small_grid("hopper-medium", tmp_path))
+    record = json.loads((tmp_path / "results" / "hopper-medium" / "small_iql__seed0.json").read_text())
+    assert record["outcome"] == "failed (exit code 1) at update 100"
+
+
+def test_a_record_made_by_another_command_is_not_overwritten(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=200))
+    run.main(small_grid("hopper-medium", tmp_path))
+    with pytest.raises(SystemExit, match="was made by .*--total-steps 200.* pass another --name or delete it"):
+        run.main(small_grid("hopper-medium", tmp_path, total_steps=300))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(algos=("iql", "sac")), r"unknown algorithm\(s\) \['sac'\]"),
+    (dict(name=None), "give the cells a --name of their own"),
+])
+def test_bad_grids_are_refused_before_any_work(overrides, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        run.main(small_grid("hopper-medium", tmp_path, **overrides))
+
+
+def write_cell(results, name, seed, scores, outcome="finished"):
+    folder = results / "hopper-medium"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{100 * (i + 1)},1,0,0,{s},{s}\n" for i, s in enumerate(scores))
+    (folder / f"{name}__seed{seed}.csv").write_text(
+        "step,wall_s,return_std,charts/episodic_return,charts/normalized_score,values/q\n" + rows)
+    record = {"algo": "iql", "name": name, "env_id": "hopper-medium", "seed": seed, "total_steps": 100 * len(scores),
+              "command": f"python iql.py --env-id hopper-medium --seed {seed} --total-steps {100 * len(scores)}",
+              "outcome": outcome, "wall_s": 120.0, "machine": "test machine", "date": "2026-11-24",
+              "dataset": {"dataset_id": "d", "source": "s", "episodes": 3, "transitions": 30, "mean_return": 1.0,
+                          "mean_normalized_return": 39.4}}
+    (folder / f"{name}__seed{seed}.json").write_text(json.dumps(record))
+
+
+def test_report_takes_final_and_best_over_seeds(tmp_path):
+    write_cell(tmp_path, "iql", 0, [10, 50, 30])
+    write_cell(tmp_path, "iql", 1, [20, 70, 10])
+    row = report.summarize(report.load_cells(tmp_path)["hopper-medium", "iql"])
+    np.testing.assert_allclose(row["final"], (20.0, 10.0))
+    np.testing.assert_allclose(row["best"], (60.0, 10.0))
+    assert row["best_step"] == 200 and row["wall_min"] == 2.0
+
+
+def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
+    write_cell(tmp_path / "results", "iql", 0, [10, 50, 30])
+    write_cell(tmp_path / "results", "iql", 1, [20, 70, 10])
+    write_cell(tmp_path / "results", "plain_td3", 0, [5, 1], outcome="failed (exit code 1) at update 200")
+    report.main(report.Args(results=tmp_path / "results", out=tmp_path / "results.md"))
+    text = (tmp_path / "results.md").read_text()
+    assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 |" in text
+    assert "- plain_td3: seed 0: failed (exit code 1) at update 200" in text
+    assert "mean normalized return is **39.4**" in text
+    assert "python iql.py --env-id hopper-medium --seed {0,1} --total-steps 300" in text
+    assert (tmp_path / "results_hopper-medium.png").stat().st_size > 0
+    assert (tmp_path / "results_hopper-medium_q.png").stat().st_size > 0
