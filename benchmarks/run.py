@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --algos iql td3_bc awr cql --env-ids hopper-medium --seeds 0 1 2 \\
         --total-steps 300000 --cql-total-steps 100000
-    python -m benchmarks.run --algos td3_bc --name plain_td3 --script-args=--bc-weight=0 --seeds 0
+    python -m benchmarks.run --algos td3_bc --name plain_td3 --script-args="--bc-weight 0" --seeds 0
     python -m benchmarks.report     # benchmarks/results.md and the learning curves
 
 Each run is the algorithm's own script, started as a subprocess with the same flags a user would type.
@@ -40,8 +40,8 @@ class Args:
     eval_every: int = 10_000
     name: str | None = None
     """label of the cells in the results (default: the algorithm); needed with --script-args"""
-    script_args: tuple[str, ...] = ()
-    """extra flags passed to every script, e.g. --script-args=--bc-weight=0"""
+    script_args: str = ""
+    """extra flags for every script, in one string, e.g. --script-args="--bc-weight 0 --policy-delay 1" """
     results: Path = RESULTS
     work_dir: Path = ROOT
     """where the scripts run (and write their runs/ directories)"""
@@ -50,7 +50,7 @@ class Args:
 def cell_settings(args: Args, algo: str, env_id: str, seed: int) -> dict:
     steps = args.cql_total_steps if algo == "cql" and args.cql_total_steps else args.total_steps
     command = [f"{algo}.py", "--env-id", env_id, "--seed", str(seed), "--total-steps", str(steps),
-               "--eval-every", str(args.eval_every), *args.script_args]
+               "--eval-every", str(args.eval_every), *args.script_args.split()]
     return {"algo": algo, "name": args.name or algo, "env_id": env_id, "seed": seed, "total_steps": steps,
             "command": "python " + " ".join(command)}
 

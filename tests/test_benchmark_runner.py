@@ -12,7 +12,7 @@ from tests.test_training import CLI_SMALL
 
 def small_grid(tiny_hopper, tmp_path, **overrides) -> run.Args:
     settings = dict(algos=("iql",), env_ids=(tiny_hopper,), seeds=(0,), total_steps=200, eval_every=100,
-                    name="small_iql", script_args=tuple(CLI_SMALL), results=tmp_path / "results", work_dir=tmp_path)
+                    name="small_iql", script_args=" ".join(CLI_SMALL), results=tmp_path / "results", work_dir=tmp_path)
     return run.Args(**(settings | overrides))
 
 
