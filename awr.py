@@ -32,7 +32,7 @@ import tyro
 
 from common.datasets import DatasetError, load_dataset
 from common.networks import GaussianActor, TwinCritic, gaussian_log_prob
-from common.training import check_experiment_args, train_or_evaluate
+from common.training import check_experiment_args, init_states, train_or_evaluate
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Args:
     """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id"""
     exp_name: str = "awr"
     seed: int = 0
+    num_seeds: int = 1
+    """train seeds seed, seed + 1, ..., seed + N − 1 at once, as one vmapped program"""
     total_steps: int = 1_000_000
     """gradient updates"""
     log_every: int = 1_000
@@ -196,7 +198,7 @@ def main(args: Args):
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
     awr = make_awr(args, data.obs.shape[1], data.action.shape[1])
-    state = awr.init(jax.random.PRNGKey(args.seed))
+    state = init_states(awr.init, args)  # with --num-seeds N: N states, stacked
     train_or_evaluate(args, "awr", awr, state, data, device_data)
 
 

@@ -31,7 +31,7 @@ import tyro
 
 from common.datasets import DatasetError, load_dataset
 from common.networks import Critic, DeterministicActor, TwinCritic
-from common.training import check_experiment_args, train_or_evaluate
+from common.training import check_experiment_args, init_states, train_or_evaluate
 
 
 @dataclass
@@ -41,6 +41,8 @@ class Args:
     """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id"""
     exp_name: str = "td3_bc"
     seed: int = 0
+    num_seeds: int = 1
+    """train seeds seed, seed + 1, ..., seed + N − 1 at once, as one vmapped program"""
     total_steps: int = 1_000_000
     """gradient updates"""
     log_every: int = 1_000
@@ -210,7 +212,7 @@ def main(args: Args):
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
     td3_bc = make_td3_bc(args, data.obs.shape[1], data.action.shape[1])
-    state = td3_bc.init(jax.random.PRNGKey(args.seed))._replace(obs_mean=obs_mean, obs_std=obs_std)
+    state = init_states(lambda key: td3_bc.init(key)._replace(obs_mean=obs_mean, obs_std=obs_std), args)
     actor_rows = slice(args.policy_delay - 1, None, args.policy_delay)  # the updates of a chunk that moved the actor
 
     def summarize_metrics(metrics):

@@ -6,7 +6,8 @@ For each dataset and each algorithm (or named variant): the normalized score at 
 (mean ± std over seeds), the best point of the seed-averaged learning curve, the dataset's own mean
 normalized return beside them, the wall time per run and the machine. One figure per dataset shows the
 score curves (mean over seeds, shaded ± one std); another shows each method's mean Q estimate, on a log
-scale, which is where plain offline TD3's divergence shows.
+scale, which is where plain offline TD3's divergence shows. A hand-written `results/{env_id}/NOTES.md`
+(what the numbers mean, with evidence) is copied under its dataset's table.
 """
 
 import csv
@@ -63,7 +64,7 @@ def summarize(records: list[dict]) -> dict:
     finished = [r for r in records if r["outcome"] == "finished"]
     row = {"seeds": len(records), "total_steps": records[0]["total_steps"],
            "failed": [f"seed {r['seed']}: {r['outcome']}" for r in records if r["outcome"] != "finished"],
-           "wall_min": np.mean([r["wall_s"] for r in finished]) / 60 if finished else None,
+           "wall_min": np.mean([r["wall_s"] / r.get("seeds_in_program", 1) for r in finished]) / 60 if finished else None,
            "dataset": next((r["dataset"] for r in records if r.get("dataset")), None)}
     if scores.size:
         final = scores[:, -1]
@@ -114,7 +115,8 @@ def main(args: Args):
     lines = ["# Results", "",
              "Normalized score (0 = random, 100 = expert) of the deterministic policy over 10 evaluation episodes,",
              "mean ± std over seeds. *final*: at the last evaluation; *best*: the best point of the seed-averaged",
-             "curve (optimistic: it picks a step after seeing the scores). Made by `python -m benchmarks.run`,",
+             "curve (optimistic: it picks a step after seeing the scores). Minutes per seed: a program's wall time",
+             "(evaluations included) divided by the seeds it trained at once. Made by `python -m benchmarks.run`,",
              "written by `python -m benchmarks.report`. Stand-in datasets: not comparable with published D4RL numbers.", ""]
     for env_id in sorted({env for env, _ in cells}):
         rows = {name: summarize(records) for (env, name), records in sorted(cells.items()) if env == env_id}
@@ -124,7 +126,7 @@ def main(args: Args):
             lines += [(f"Data: `{dataset['dataset_id']}` ({dataset['source']}), {dataset['episodes']} episodes, "
                        f"{dataset['transitions']} transitions; its mean normalized return is "
                        f"**{dataset['mean_normalized_return']:.1f}**."), ""]
-        lines += ["| method | updates | seeds | final | best (at update) | minutes per run |", "|---|---|---|---|---|---|"]
+        lines += ["| method | updates | seeds | final | best (at update) | minutes per seed |", "|---|---|---|---|---|---|"]
         for name, row in rows.items():
             best = f"{fmt(row.get('best'))} ({row['best_step']})" if row.get("best") else "–"
             wall = f"{row['wall_min']:.0f}" if row["wall_min"] is not None else "–"
@@ -138,6 +140,9 @@ def main(args: Args):
              log=True)
         lines += ["", f"![learning curves](results_{stem}.png) ![Q estimates](results_{stem}_q.png)", "", "Commands:", ""]
         lines += ["```", *commands(rs for (env, _), rs in cells.items() if env == env_id), "```", ""]
+        notes = args.results / env_id / "NOTES.md"  # hand-written: what the numbers mean, with evidence
+        if notes.is_file():
+            lines += [notes.read_text().strip(), ""]
     machines = sorted({r["machine"] for rs in cells.values() for r in rs})
     dates = sorted({r["date"] for rs in cells.values() for r in rs})
     lines += [f"Machine: {'; '.join(machines)}. Runs made {dates[0]} to {dates[-1]}.", ""]

@@ -5,20 +5,22 @@
     python -m benchmarks.run --algos td3_bc --name plain_td3 --script-args="--bc-weight 0" --seeds 0
     python -m benchmarks.report     # benchmarks/results.md and the learning curves
 
-Each run is the algorithm's own script, started as a subprocess with the same flags a user would type.
-A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluation, with the losses and
-values of the chunk before it) and a `.json` beside it (command, wall time, machine, outcome). Rerunning
+Each run is the algorithm's own script, started as a subprocess with the same flags a user would type;
+the consecutive seeds of one algorithm and dataset share one process (`--num-seeds`, one vmapped program,
+which gives each seed what its own run would), unless --no-vmap-seeds. A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluation, with the losses and
+values of the chunk before it) and a `.json` beside it (the seed's own command, the command launched, wall
+time, machine, outcome). Rerunning
 the command skips every finished cell; a cell that was interrupted is started again from scratch, so a
 kill costs at most the run in progress. A run that stops on a NaN is recorded as failed, not retried.
 """
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,8 @@ class Args:
     script_args: str = ""
     """extra flags for every script, in one string, e.g. --script-args="--bc-weight 0 --policy-delay 1" """
     results: Path = RESULTS
+    vmap_seeds: bool = True
+    """train the consecutive seeds of a cell as one vmapped program (the scripts' --num-seeds)"""
     work_dir: Path = ROOT
     """where the scripts run (and write their runs/ directories)"""
 
@@ -55,30 +59,57 @@ def cell_settings(args: Args, algo: str, env_id: str, seed: int) -> dict:
             "command": "python " + " ".join(command)}
 
 
-def run_cell(settings: dict, out: Path, machine: str, work_dir: Path) -> str:
-    """Run one training script to the end; write its evaluations and a record. Returns the outcome."""
+def split_by_seed(evaluations: Path | None) -> dict[int, list[str]]:
+    """Header plus rows of each seed, from a run's evaluations.csv (one row per seed per evaluation)."""
+    if not evaluations or not evaluations.is_file():
+        return {}
+    header, *rows = evaluations.read_text().splitlines()
+    by_seed = defaultdict(list)
+    for row in rows:
+        by_seed[int(float(row.split(",")[1]))].append(row)
+    return {seed: [header, *seed_rows] for seed, seed_rows in by_seed.items()}
+
+
+def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) -> str:
+    """Train the cells' consecutive seeds in one process (--num-seeds); write each seed's evaluations and record."""
+    first = cells[0][0]
     exp_name = f"bench-{uuid.uuid4().hex[:8]}"  # finds this run's directory among all the others
-    script, *flags = settings["command"].split()[1:]
+    script, *flags = first["command"].split()[1:]
+    flags = [*flags, "--num-seeds", str(len(cells))] if len(cells) > 1 else flags
     start = time.time()
     code = subprocess.run([sys.executable, str(ROOT / script), *flags, "--exp-name", exp_name], cwd=work_dir,
                           check=False).returncode
     wall = time.time() - start
     run_dirs = sorted((work_dir / "runs").glob(f"*__{exp_name}__*"))
-    evaluations = run_dirs[-1] / "evaluations.csv" if run_dirs else None
-    steps_done = 0
-    if evaluations and evaluations.is_file():
-        rows = evaluations.read_text().splitlines()[1:]
-        steps_done = int(float(rows[-1].split(",")[0])) if rows else 0
-    if code == 0 and steps_done < settings["total_steps"]:
-        raise KeyboardInterrupt  # the script was interrupted (Ctrl-C reaches it first): the cell is not done
+    by_seed = split_by_seed(run_dirs[-1] / "evaluations.csv" if run_dirs else None)
+    steps_done = min((int(float(by_seed[c["seed"]][-1].split(",")[0])) if len(by_seed.get(c["seed"], [])) > 1 else 0)
+                     for c, _ in cells)
+    if code == 0 and steps_done < first["total_steps"]:
+        raise KeyboardInterrupt  # the script was interrupted (Ctrl-C reaches it first): the cells are not done
     outcome = "finished" if code == 0 else f"failed (exit code {code}) at update {steps_done}"
-    if evaluations and evaluations.is_file():
-        shutil.copyfile(evaluations, out.with_suffix(".csv"))
     dataset = run_dirs[-1] / "dataset.json" if run_dirs else None
-    record = settings | {"outcome": outcome, "wall_s": round(wall, 1), "machine": machine, "date": time.strftime("%Y-%m-%d"),
-                         "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")  # written last: marks the cell done
+    for settings, out in cells:
+        if settings["seed"] in by_seed:
+            out.with_suffix(".csv").write_text("\n".join(by_seed[settings["seed"]]) + "\n")
+        record = settings | {
+            "outcome": outcome, "wall_s": round(wall, 1), "seeds_in_program": len(cells),
+            "launched": " ".join(["python", script, *flags]), "machine": machine, "date": time.strftime("%Y-%m-%d"),
+            "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
+        out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")  # written last: marks it done
     return outcome
+
+
+def programs(todo: list[tuple[dict, Path]], vmap_seeds: bool) -> list[list[tuple[dict, Path]]]:
+    """Group the cells to run into processes: consecutive seeds of one algorithm and dataset share one."""
+    groups = []
+    for cell in todo:
+        last = groups[-1][-1][0] if groups else None
+        if (vmap_seeds and last and (last["name"], last["env_id"]) == (cell[0]["name"], cell[0]["env_id"])
+                and cell[0]["seed"] == last["seed"] + 1):
+            groups[-1].append(cell)
+        else:
+            groups.append([cell])
+    return groups
 
 
 def main(args: Args):
@@ -104,14 +135,18 @@ def main(args: Args):
         todo.append((settings, out))
     print(f"{len(cells) - len(todo)} of {len(cells)} runs already done; {len(todo)} to go")
     this_machine = machine()
-    for i, (settings, out) in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {settings['command']}", flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    groups = programs(todo, args.vmap_seeds)
+    for i, group in enumerate(groups, 1):
+        seeds = [settings["seed"] for settings, _ in group]
+        print(f"[{i}/{len(groups)}] {group[0][0]['command']}" + (f" (seeds {seeds}, vmapped)" if len(seeds) > 1 else ""),
+              flush=True)
+        for _, out in group:
+            out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            outcome = run_cell(settings, out, this_machine, args.work_dir)
+            outcome = run_program(group, this_machine, args.work_dir)
         except KeyboardInterrupt:
-            raise SystemExit(f"interrupted during `{settings['command']}`; rerun the same command to go on")
-        print(f"[{i}/{len(todo)}] {outcome}", flush=True)
+            raise SystemExit(f"interrupted during `{group[0][0]['command']}`; rerun the same command to go on")
+        print(f"[{i}/{len(groups)}] {outcome}", flush=True)
 
 
 if __name__ == "__main__":

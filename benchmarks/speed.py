@@ -134,6 +134,23 @@ def measure(algo: str, log_every: int, seconds: float, peak: float) -> dict:
     }
 
 
+def measure_seeds(algo: str, log_every: int, seconds: float, num_seeds: int) -> float:
+    """Seed-updates/s of `num_seeds` states trained by one vmapped chunk (the scripts' --num-seeds)."""
+    init, _, train_chunk = build(algo, log_every)
+    data = synthetic_data(jax.random.PRNGKey(1))
+    state = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), num_seeds))
+    chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)))
+    state, _ = chunk(state, data)  # compile and warm up
+    jax.block_until_ready(state)
+    times = []
+    while sum(times) < seconds:
+        start = time.perf_counter()
+        state, metrics = chunk(state, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return num_seeds * log_every / float(np.median(times))
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -152,6 +169,8 @@ class Args:
     """timed seconds per algorithm, after warm-up"""
     log_every: int = 1000
     """updates per compiled chunk, as in the scripts (CQL, about 40x costlier per update, uses a tenth)"""
+    num_seeds: tuple[int, ...] = (1, 4, 8)
+    """seed counts of the vmapped (--num-seeds) measurement; 1 is the single run measured above"""
     out: Path = OUT
 
 
@@ -161,17 +180,22 @@ def main(args: Args):
     rows = []
     for algo in args.algos:
         row = measure(algo, args.log_every // 10 if algo == "cql" else args.log_every, args.seconds, peak)
+        row["seed_updates_per_s"] = {n: row["updates_per_s"] if n == 1 else round(measure_seeds(
+            algo, args.log_every // 10 if algo == "cql" else args.log_every, args.seconds, n), 1) for n in args.num_seeds}
         rows.append(row)
         print(json.dumps(row))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"machine": machine(), "matmul_peak_gflop_per_s": round(peak, 1), "peak_rss_mb": round(rss_mb),
-              "command": "python -m benchmarks.speed --algos " + " ".join(args.algos),
+              "command": "python -m benchmarks.speed --algos " + " ".join(args.algos)
+                         + " --num-seeds " + " ".join(map(str, args.num_seeds)),
               "date": time.strftime("%Y-%m-%d"), "results": rows}
     (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"| {r['algorithm']} | {r['updates_per_s']} | {r['compile_s']} | {r['mflop_per_update']} "
              f"({r['dot_mflop_per_update']} in dots) | {r['gflop_per_s']} | {100 * r['fraction_of_peak']:.0f}% | "
              f"{r['time_split_ms']['total']} = {r['time_split_ms']['dots_at_peak']} dots at peak + "
              f"{r['time_split_ms']['sampling']} sampling + {r['time_split_ms']['rest']} rest |" for r in rows]
+    seed_lines = [f"| {r['algorithm']} | " + " | ".join(
+        f"{v} ({v / r['updates_per_s']:.2f}x)" for v in r["seed_updates_per_s"].values()) + " |" for r in rows]
     (args.out / "speed.md").write_text(
         f"# Training speed\n\n`python -m benchmarks.speed` on {result['machine']}, {result['date']}.\n"
         f"Networks 2 x 256, batch 256, Hopper shapes, {args.log_every} updates per compiled chunk "
@@ -181,7 +205,12 @@ def main(args: Args):
         "every update (it runs on every second): its MFLOP/update, GFLOP/s and share of peak are overstated by "
         "about a fifth.\n\n"
         "| algorithm | updates/s | compile (s) | MFLOP/update | GFLOP/s | of peak | ms per update |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+        "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
+        "## Many seeds in one program (`--num-seeds N`)\n\n"
+        "Seed-updates/s: N x the updates/s of one vmapped program that trains N seeds, and in brackets its ratio to "
+        "one single-seed run, which is also what N separate runs one after another achieve.\n\n"
+        "| algorithm | " + " | ".join(f"N = {n}" for n in args.num_seeds) + " |\n"
+        "|---|" + "---|" * len(args.num_seeds) + "\n" + "\n".join(seed_lines) + "\n")
     print((args.out / "speed.md").read_text())
 
 

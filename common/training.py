@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 from common.evaluation import run_episodes
@@ -27,6 +29,7 @@ def check_experiment_args(args, *algorithm_problems: tuple[bool, str]):
          f"--total-steps, --eval-every and --save-every must be multiples of --log-every ({args.log_every})"),
         (args.eval_every <= 0 or args.eval_episodes <= 0, "--eval-every and --eval-episodes must be positive"),
         (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
+        (args.num_seeds <= 0, f"--num-seeds must be positive, got {args.num_seeds}"),
         (args.checkpoint is not None and not Path(args.checkpoint).is_file(), f"no checkpoint at {args.checkpoint}"),
         *algorithm_problems,
     ]
@@ -35,27 +38,54 @@ def check_experiment_args(args, *algorithm_problems: tuple[bool, str]):
             raise SystemExit(f"error: {message}")
 
 
-def eval_line(step, episode_returns, score) -> str:
+def init_states(init, args):
+    """`init(PRNGKey(seed))`; with --num-seeds N, the states of seeds seed, ..., seed + N − 1 stacked on a new axis."""
+    if args.num_seeds == 1:
+        return init(jax.random.PRNGKey(args.seed))
+    return jax.vmap(init)(jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds)))
+
+
+def eval_line(step, episode_returns, score, seed=None) -> str:
     score_text = f"normalized {score:6.1f}" if score is not None else "(no reference scores)"
-    return f"step {step:>8d} | return {episode_returns.mean():8.1f} ± {episode_returns.std():6.1f} | {score_text}"
+    prefix = f"seed {seed:>3d} | " if seed is not None else ""
+    return f"{prefix}step {step:>8d} | return {episode_returns.mean():8.1f} ± {episode_returns.std():6.1f} | {score_text}"
 
 
 def train_or_evaluate(args, algorithm: str, agent, state, data, device_data, summarize=None):
     """Train `state` for args.total_steps updates (or, with --eval-only, evaluate args.checkpoint).
 
     `summarize(metrics) -> dict` turns a chunk's per-update metrics into logged scalars (default: means).
+    With --num-seeds N > 1, `state` holds N stacked states (`init_states`) and every step is vmapped over them.
     """
+    seeds = list(range(args.seed, args.seed + args.num_seeds))
+    stacked = len(seeds) > 1
+    train_chunk = jax.jit(jax.vmap(agent.train_chunk, in_axes=(0, None))) if stacked else agent.train_chunk
+    policy = jax.jit(jax.vmap(agent.policy)) if stacked else agent.policy
+
     def evaluate(state):
-        episode_returns = run_episodes(lambda obs: agent.policy(state, obs), data.env_spec, args.eval_episodes,
-                                       EVAL_SEED)
-        return episode_returns, data.normalized_score(episode_returns.mean())
+        """Returns of shape (seeds, episodes) and each seed's normalized score: all episodes step together."""
+        def act(obs):  # (seeds x episodes, obs_dim) -> one forward pass of every seed's policy
+            if not stacked:
+                return policy(state, obs)
+            return policy(state, obs.reshape(len(seeds), args.eval_episodes, -1)).reshape(len(obs), -1)
+        returns = run_episodes(act, data.env_spec, args.eval_episodes, EVAL_SEED, repeat=len(seeds))
+        returns = returns.reshape(len(seeds), args.eval_episodes)
+        return returns, [data.normalized_score(r.mean()) for r in returns]
+
+    def eval_lines(step, returns, scores) -> list[str]:
+        if not stacked:
+            return [eval_line(step, returns[0], scores[0])]
+        lines = [eval_line(step, r, score, seed) for seed, r, score in zip(seeds, returns, scores)]
+        if scores[0] is not None:
+            lines.append(f"{len(seeds)} seeds   | step {step:>8d} | normalized {np.mean(scores):6.1f} ± {np.std(scores):.1f}")
+        return lines
 
     if args.eval_only:
         try:
             state, meta = load_checkpoint(args.checkpoint, state, algorithm)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
-        print(eval_line(meta["step"], *evaluate(state)))
+        print("\n".join(eval_lines(meta["step"], *evaluate(state))))
         return state
 
     summarize = summarize or (lambda metrics: {k: v.mean() for k, v in metrics.items()})
@@ -66,33 +96,43 @@ def train_or_evaluate(args, algorithm: str, agent, state, data, device_data, sum
                               "mean_return": float(data.episode_returns.mean()),
                               "mean_normalized_return": data.normalized_score(float(data.episode_returns.mean()))})
     interrupt = GracefulInterrupt()
-    meta = {"algorithm": algorithm, "env_id": args.env_id, "dataset_id": data.dataset_id}
+    meta = {"algorithm": algorithm, "env_id": args.env_id, "dataset_id": data.dataset_id, "seeds": seeds}
     bar = tqdm(total=args.total_steps, desc=algorithm, unit="update", smoothing=0.1)
     step, train_start = 0, time.perf_counter()
     while step < args.total_steps and not interrupt.requested:
         start = time.perf_counter()
-        state, metrics = agent.train_chunk(state, device_data)
+        state, metrics = train_chunk(state, device_data)
         metrics = jax.device_get(metrics)  # host sync point: once per chunk
         elapsed = time.perf_counter() - start
-        bad = first_nonfinite(metrics)
-        if bad:
-            save_checkpoint(run.dir / "nonfinite.msgpack", state, {**meta, "step": step + args.log_every})
-            index, names = bad
-            values = ", ".join(f"{name} became {metrics[name][index]}" for name in names)
-            raise SystemExit(f"error: {values} at update {step + index + 1}; "
-                             f"stopped (state saved to {run.dir / 'nonfinite.msgpack'})")
+        per_seed = [{k: v[i] for k, v in metrics.items()} for i in range(len(seeds))] if stacked else [metrics]
+        for seed, seed_metrics in zip(seeds, per_seed):
+            bad = first_nonfinite(seed_metrics)
+            if bad:
+                save_checkpoint(run.dir / "nonfinite.msgpack", state, {**meta, "step": step + args.log_every})
+                index, names = bad
+                values = ", ".join(f"{name} became {seed_metrics[name][index]}" for name in names)
+                raise SystemExit(f"error: {f'seed {seed}: ' if stacked else ''}{values} at update {step + index + 1}; "
+                                 f"stopped (state saved to {run.dir / 'nonfinite.msgpack'})")
         step += args.log_every
         bar.update(args.log_every)
-        scalars = summarize(metrics) | {"charts/updates_per_sec": args.log_every / elapsed}
-        run.scalars(scalars, step)
+        per_seed = [summarize(seed_metrics) for seed_metrics in per_seed]
+        run.scalars({k: np.mean([m[k] for m in per_seed]) for k in per_seed[0]}  # the mean over seeds
+                    | {"charts/updates_per_sec": args.log_every / elapsed}, step)
         if step % args.eval_every == 0 or step == args.total_steps:
-            episode_returns, score = evaluate(state)
-            result = ({"charts/episodic_return": episode_returns.mean()}
-                      | ({"charts/normalized_score": score} if score is not None else {}))
-            run.scalars(result, step)
-            run.evaluation({"step": step, "wall_s": time.perf_counter() - train_start,
-                            "return_std": episode_returns.std()} | result | scalars)
-            bar.write(eval_line(step, episode_returns, score))
+            returns, scores = evaluate(state)
+            for seed, seed_returns, score, scalars in zip(seeds, returns, scores, per_seed):
+                result = ({"charts/episodic_return": seed_returns.mean()}
+                          | ({"charts/normalized_score": score} if score is not None else {}))
+                run.scalars({f"seed_{seed}/{k.split('/')[-1]}": v for k, v in result.items()} if stacked else result,
+                            step)
+                run.evaluation({"step": step, "seed": seed, "wall_s": time.perf_counter() - train_start,
+                                "return_std": seed_returns.std()} | result | scalars)
+            if stacked:
+                run.scalars({"charts/episodic_return": returns.mean()}
+                            | ({"charts/normalized_score": np.mean(scores),
+                                "charts/normalized_score_std": np.std(scores)} if scores[0] is not None else {}), step)
+            for line in eval_lines(step, returns, scores):
+                bar.write(line)
         if args.save_every and step % args.save_every == 0:
             save_checkpoint(run.dir / f"checkpoint_{step}.msgpack", state, {**meta, "step": step})
     bar.close()

@@ -22,28 +22,50 @@ def test_grid_records_each_run_and_a_second_call_does_no_work(tiny_hopper, tmp_p
     assert record["outcome"] == "finished" and record["total_steps"] == 200
     assert record["dataset"]["dataset_id"] == "offrl-standin/hopper/random-v0"
     curve = report.read_csv(tmp_path / "results" / tiny_hopper / "small_iql__seed0.csv")
-    assert curve["step"].tolist() == [100, 200]
+    assert curve["step"].tolist() == [100, 200] and curve["seed"].tolist() == [0, 0]
     assert {"charts/normalized_score", "values/q", "losses/critic"} <= set(curve)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was run again")
 
-    monkeypatch.setattr(run, "run_cell", no_training)
+    monkeypatch.setattr(run, "run_program", no_training)
     run.main(small_grid(tiny_hopper, tmp_path))
     assert "1 of 1 runs already done; 0 to go" in capsys.readouterr().out
 
 
-def fake_script(steps_reached: int, code: int = 0):
+def fake_script(steps_reached: int, code: int = 0, launched=None):
     """Stands in for a training script: writes an evaluations.csv that stops at `steps_reached`."""
     def fake_run(command, cwd, check):
+        if launched is not None:
+            launched.append(command)
         exp_name = command[command.index("--exp-name") + 1]
+        seed = int(command[command.index("--seed") + 1])
+        num_seeds = int(command[command.index("--num-seeds") + 1]) if "--num-seeds" in command else 1
         run_dir = cwd / "runs" / f"env__{exp_name}__0__1"
         run_dir.mkdir(parents=True)
-        rows = "".join(f"{s},1,0,10,0.5,1\n" for s in range(100, steps_reached + 1, 100))
-        (run_dir / "evaluations.csv").write_text("step,wall_s,return_std,charts/episodic_return,"
+        rows = "".join(f"{step},{s},1,0,10,0.5,1\n" for step in range(100, steps_reached + 1, 100)
+                       for s in range(seed, seed + num_seeds))
+        (run_dir / "evaluations.csv").write_text("step,seed,wall_s,return_std,charts/episodic_return,"
                                                  "charts/normalized_score,values/q\n" + rows)
         return subprocess.CompletedProcess(command, code)
     return fake_run
+
+
+def test_consecutive_seeds_share_one_vmapped_program_and_keep_their_own_records(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    launched = []
+    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=200, launched=launched))
+    run.main(small_grid("hopper-medium", tmp_path, seeds=(0, 1, 2, 5)))
+    seeds_flags = [c[c.index("--seed"):c.index("--seed") + 2] + c[c.index("--num-seeds"):c.index("--num-seeds") + 2]
+                   if "--num-seeds" in c else c[c.index("--seed"):c.index("--seed") + 2] for c in launched]
+    assert seeds_flags == [["--seed", "0", "--num-seeds", "3"], ["--seed", "5"]]
+    for seed in (0, 1, 2, 5):
+        curve = report.read_csv(tmp_path / "results" / "hopper-medium" / f"small_iql__seed{seed}.csv")
+        assert curve["seed"].tolist() == [seed, seed] and curve["step"].tolist() == [100, 200]
+    record = json.loads((tmp_path / "results" / "hopper-medium" / "small_iql__seed1.json").read_text())
+    assert "--seed 1 " in record["command"] and "--num-seeds" not in record["command"]
+    assert "--seed 0 " in record["launched"] and "--num-seeds 3" in record["launched"]
+    assert record["seeds_in_program"] == 3
 
 
 def test_an_interrupted_run_is_not_recorded_and_the_rerun_completes_it(tmp_path, monkeypatch):
@@ -88,9 +110,9 @@ def test_bad_grids_are_refused_before_any_work(overrides, message, tmp_path):
 def write_cell(results, name, seed, scores, outcome="finished"):
     folder = results / "hopper-medium"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = "".join(f"{100 * (i + 1)},1,0,0,{s},{s}\n" for i, s in enumerate(scores))
+    rows = "".join(f"{100 * (i + 1)},{seed},1,0,0,{s},{s}\n" for i, s in enumerate(scores))
     (folder / f"{name}__seed{seed}.csv").write_text(
-        "step,wall_s,return_std,charts/episodic_return,charts/normalized_score,values/q\n" + rows)
+        "step,seed,wall_s,return_std,charts/episodic_return,charts/normalized_score,values/q\n" + rows)
     record = {"algo": "iql", "name": name, "env_id": "hopper-medium", "seed": seed, "total_steps": 100 * len(scores),
               "command": f"python iql.py --env-id hopper-medium --seed {seed} --total-steps {100 * len(scores)}",
               "outcome": outcome, "wall_s": 120.0, "machine": "test machine", "date": "2026-11-24",
@@ -112,11 +134,13 @@ def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
     write_cell(tmp_path / "results", "iql", 0, [10, 50, 30])
     write_cell(tmp_path / "results", "iql", 1, [20, 70, 10])
     write_cell(tmp_path / "results", "plain_td3", 0, [5, 1], outcome="failed (exit code 1) at update 200")
+    (tmp_path / "results" / "hopper-medium" / "NOTES.md").write_text("Why plain TD3 fails: see the Q curve.\n")
     report.main(report.Args(results=tmp_path / "results", out=tmp_path / "results.md"))
     text = (tmp_path / "results.md").read_text()
     assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 |" in text
     assert "- plain_td3: seed 0: failed (exit code 1) at update 200" in text
     assert "mean normalized return is **39.4**" in text
+    assert "Why plain TD3 fails: see the Q curve." in text
     assert "python iql.py --env-id hopper-medium --seed {0,1} --total-steps 300" in text
     assert (tmp_path / "results_hopper-medium.png").stat().st_size > 0
     assert (tmp_path / "results_hopper-medium_q.png").stat().st_size > 0

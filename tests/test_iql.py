@@ -136,8 +136,8 @@ def test_cli_trains_saves_and_evaluates_its_checkpoint(tiny_hopper, tmp_path):
     assert {p.name for p in run_dir.glob("*.msgpack")} == {"checkpoint_200.msgpack", "final.msgpack"}
     assert list(run_dir.glob("events.out.tfevents.*"))
     evaluations = (run_dir / "evaluations.csv").read_text().splitlines()
-    assert evaluations[0].startswith("step,wall_s,return_std,charts/episodic_return,charts/normalized_score,")
-    assert len(evaluations) == 2 and evaluations[1].startswith("300,")
+    assert evaluations[0].startswith("step,seed,wall_s,return_std,charts/episodic_return,charts/normalized_score,")
+    assert len(evaluations) == 2 and evaluations[1].startswith("300,0,")
     assert json.loads((run_dir / "dataset.json").read_text())["dataset_id"] == "offrl-standin/hopper/random-v0"
 
     again = run_script("iql.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint",

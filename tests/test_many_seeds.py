@@ -1,0 +1,79 @@
+"""--num-seeds N: N training states updated by one vmapped program, each exactly as its own single run."""
+
+import importlib
+import subprocess
+import sys
+from functools import partial
+
+import jax
+import numpy as np
+import pytest
+
+from common.evaluation import run_episodes
+from common.training import init_states
+from tests.cli import REPO, run_script
+from tests.helpers import random_batch
+from tests.test_training import CLI_SMALL, MAKERS, SCRIPTS, SMALL
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_vmapped_seeds_match_single_runs_with_the_same_seeds(script):
+    module = importlib.import_module(script)
+    args = module.Args(**SMALL, seed=3, num_seeds=2)
+    agent = getattr(module, MAKERS[script])(args, 3, 2)
+    data = random_batch(size=64)
+    stacked, stacked_metrics = jax.jit(jax.vmap(agent.train_chunk, in_axes=(0, None)))(init_states(agent.init, args),
+                                                                                        data)
+    for i, seed in enumerate([3, 4]):
+        single, single_metrics = agent.train_chunk(agent.init(jax.random.PRNGKey(seed)), data)
+        seed_i = jax.tree.map(lambda v: v[i], (stacked, stacked_metrics))  # noqa: B023 (used at once)
+        jax.tree.map(partial(np.testing.assert_allclose, rtol=2e-4, atol=1e-5), seed_i, (single, single_metrics))
+    assert not np.allclose(stacked_metrics["losses/critic"][0], stacked_metrics["losses/critic"][1])  # two runs
+
+
+def test_repeated_episodes_start_from_the_same_states_for_every_group():
+    starts = []
+
+    def record_first_obs(obs):
+        if not starts:
+            starts.append(obs.copy())
+        return np.zeros((len(obs), 3), np.float32)
+
+    returns = run_episodes(record_first_obs, "Hopper-v5", num_episodes=3, seed=7, repeat=2)
+    assert returns.shape == (6,)
+    np.testing.assert_array_equal(starts[0][:3], starts[0][3:])
+    assert not np.array_equal(starts[0][0], starts[0][1])
+    np.testing.assert_array_equal(returns[:3], returns[3:])  # same policy, same starts: same returns
+
+
+def test_cli_trains_two_seeds_logs_each_and_evaluates_the_checkpoint(tiny_hopper, tmp_path):
+    out = run_script("iql.py", "--env-id", tiny_hopper, "--total-steps", "200", "--eval-every", "200",
+                     "--num-seeds", "2", "--seed", "5", *CLI_SMALL, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout + out.stderr
+    assert "seed   5 | step      200 | return" in printed and "seed   6 | step      200 | return" in printed
+    assert "2 seeds   | step      200 | normalized" in printed
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = (run_dir / "evaluations.csv").read_text().splitlines()
+    assert rows[0].startswith("step,seed,") and [r.split(",")[:2] for r in rows[1:]] == [["200", "5"], ["200", "6"]]
+
+    again = run_script("iql.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint", str(run_dir / "final.msgpack"),
+                       "--num-seeds", "2", "--seed", "5", *CLI_SMALL, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "seed   5 | step      200" in again.stdout and "seed   6 | step      200" in again.stdout
+
+    diagnosis = subprocess.run([sys.executable, "-m", "benchmarks.diagnose", "iql", str(run_dir / "final.msgpack"),
+                                "--episodes", "2", "--hidden-dims", "32", "32"], cwd=REPO, capture_output=True,
+                               text=True, timeout=300, check=False)
+    assert diagnosis.returncode == 0, diagnosis.stderr
+    assert "seed 6 (update 200):" in diagnosis.stdout and "  episode 1: return" in diagnosis.stdout
+    assert "visited states outside the data's range, by dimension: dim" in diagnosis.stdout
+
+    single = run_script("iql.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint",
+                        str(run_dir / "final.msgpack"), *CLI_SMALL, cwd=tmp_path)
+    assert single.returncode != 0 and "does not fit these networks" in single.stderr
+
+
+def test_num_seeds_must_be_positive(minari_store, tmp_path):
+    out = run_script("iql.py", "--num-seeds", "0", cwd=tmp_path)
+    assert out.returncode != 0 and "--num-seeds must be positive, got 0" in out.stderr
