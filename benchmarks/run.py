@@ -6,8 +6,8 @@
     python -m benchmarks.report     # benchmarks/results.md and the learning curves
 
 Each run is the algorithm's own script, started as a subprocess with the same flags a user would type;
-the consecutive seeds of one algorithm and dataset share one process (`--num-seeds`, one vmapped program,
-which gives each seed what its own run would), unless --no-vmap-seeds. A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluation, with the losses and
+on a GPU, the consecutive seeds of one algorithm and dataset share one process (`--num-seeds`, one vmapped
+program, which gives each seed what its own run would); --vmap-seeds / --no-vmap-seeds choose. A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluation, with the losses and
 values of the chunk before it) and a `.json` beside it (the seed's own command, the command launched, wall
 time, machine, outcome). Rerunning
 the command skips every finished cell; a cell that was interrupted is started again from scratch, so a
@@ -45,8 +45,9 @@ class Args:
     script_args: str = ""
     """extra flags for every script, in one string, e.g. --script-args="--bc-weight 0 --policy-delay 1" """
     results: Path = RESULTS
-    vmap_seeds: bool = True
-    """train the consecutive seeds of a cell as one vmapped program (the scripts' --num-seeds)"""
+    vmap_seeds: bool | None = None
+    """train a cell's consecutive seeds as one vmapped program (the scripts' --num-seeds); unset: only on an
+    accelerator, since on a CPU benchmarks/speed.md measures N vmapped seeds slower than N runs in a row"""
     work_dir: Path = ROOT
     """where the scripts run (and write their runs/ directories)"""
 
@@ -135,7 +136,9 @@ def main(args: Args):
         todo.append((settings, out))
     print(f"{len(cells) - len(todo)} of {len(cells)} runs already done; {len(todo)} to go")
     this_machine = machine()
-    groups = programs(todo, args.vmap_seeds)
+    import jax
+    vmap_seeds = args.vmap_seeds if args.vmap_seeds is not None else jax.default_backend() != "cpu"
+    groups = programs(todo, vmap_seeds)
     for i, group in enumerate(groups, 1):
         seeds = [settings["seed"] for settings, _ in group]
         print(f"[{i}/{len(groups)}] {group[0][0]['command']}" + (f" (seeds {seeds}, vmapped)" if len(seeds) > 1 else ""),

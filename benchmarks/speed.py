@@ -186,7 +186,7 @@ def main(args: Args):
         print(json.dumps(row))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"machine": machine(), "matmul_peak_gflop_per_s": round(peak, 1), "peak_rss_mb": round(rss_mb),
-              "command": "python -m benchmarks.speed --algos " + " ".join(args.algos)
+              "command": f"python -m benchmarks.speed --seconds {args.seconds:g} --algos " + " ".join(args.algos)
                          + " --num-seeds " + " ".join(map(str, args.num_seeds)),
               "date": time.strftime("%Y-%m-%d"), "results": rows}
     (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")

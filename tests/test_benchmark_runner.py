@@ -55,7 +55,7 @@ def test_consecutive_seeds_share_one_vmapped_program_and_keep_their_own_records(
     monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
     launched = []
     monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=200, launched=launched))
-    run.main(small_grid("hopper-medium", tmp_path, seeds=(0, 1, 2, 5)))
+    run.main(small_grid("hopper-medium", tmp_path, seeds=(0, 1, 2, 5), vmap_seeds=True))
     seeds_flags = [c[c.index("--seed"):c.index("--seed") + 2] + c[c.index("--num-seeds"):c.index("--num-seeds") + 2]
                    if "--num-seeds" in c else c[c.index("--seed"):c.index("--seed") + 2] for c in launched]
     assert seeds_flags == [["--seed", "0", "--num-seeds", "3"], ["--seed", "5"]]
