@@ -84,6 +84,19 @@ def build(algo: str, log_every: int):
     return agent.init, agent.update, agent.train_chunk
 
 
+def median_chunk_seconds(chunk, state, data, seconds: float) -> float:
+    """Median wall time of one call of `chunk`, after a warm-up call, over about `seconds` of calls."""
+    state, _ = chunk(state, data)
+    jax.block_until_ready(state)
+    times = []
+    while sum(times) < seconds:
+        start = time.perf_counter()
+        state, metrics = chunk(state, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def measure(algo: str, log_every: int, seconds: float, peak: float) -> dict:
     init, update, train_chunk = build(algo, log_every)
     data = synthetic_data(jax.random.PRNGKey(1))
@@ -98,15 +111,7 @@ def measure(algo: str, log_every: int, seconds: float, peak: float) -> dict:
     flops = float(one_update.cost_analysis()["flops"])
     dots = dot_flops(one_update.as_text())
 
-    state, _ = compiled(state, data)  # warm-up
-    jax.block_until_ready(state)
-    times = []
-    while sum(times) < seconds:
-        start = time.perf_counter()
-        state, metrics = compiled(state, data)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    updates_per_s = log_every / float(np.median(times))
+    updates_per_s = log_every / median_chunk_seconds(compiled, state, data, seconds)
 
     @jax.jit
     def sampling_only(key):  # the same gathers as a chunk, with no learning
@@ -140,21 +145,14 @@ def measure_seeds(algo: str, log_every: int, seconds: float, num_seeds: int) -> 
     data = synthetic_data(jax.random.PRNGKey(1))
     state = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), num_seeds))
     chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)))
-    state, _ = chunk(state, data)  # compile and warm up
-    jax.block_until_ready(state)
-    times = []
-    while sum(times) < seconds:
-        start = time.perf_counter()
-        state, metrics = chunk(state, data)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return num_seeds * log_every / float(np.median(times))
+    return num_seeds * log_every / median_chunk_seconds(chunk, state, data, seconds)
 
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     device = jax.devices()[0]
