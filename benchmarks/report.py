@@ -123,7 +123,7 @@ def main(args: Args):
         dataset = next((row["dataset"] for row in rows.values() if row["dataset"]), None)
         lines += [f"## {env_id}", ""]
         if dataset:
-            lines += [(f"Data: `{dataset['dataset_id']}` ({dataset['source']}), {dataset['episodes']} episodes, "
+            lines += [(f"Data: `{dataset['dataset_id']}`, from {dataset['source']}: {dataset['episodes']} episodes, "
                        f"{dataset['transitions']} transitions; its mean normalized return is "
                        f"**{dataset['mean_normalized_return']:.1f}**."), ""]
         lines += ["| method | updates | seeds | final | best (at update) | minutes per seed |", "|---|---|---|---|---|---|"]
