@@ -51,12 +51,18 @@ def main(args: Args):
     if args.algo not in MAKERS:
         raise SystemExit(f"error: unknown algorithm {args.algo}; choose from {list(MAKERS)}")
     module = importlib.import_module(args.algo)
-    meta = json.loads(flax.serialization.msgpack_restore(args.checkpoint.read_bytes())["meta"])
+    try:
+        meta = json.loads(flax.serialization.msgpack_restore(args.checkpoint.read_bytes())["meta"])
+    except Exception as e:  # missing, unreadable or not ours: one line, not a traceback
+        raise SystemExit(f"error: cannot read a checkpoint at {args.checkpoint} ({type(e).__name__}: {e})") from None
     seeds = meta.get("seeds", [0])
     data = load_dataset(meta["env_id"])
     script_args = module.Args(env_id=meta["env_id"], seed=seeds[0], num_seeds=len(seeds), hidden_dims=args.hidden_dims)
     agent = getattr(module, MAKERS[args.algo])(script_args, data.obs.shape[1], data.action.shape[1])
-    states, _ = load_checkpoint(args.checkpoint, init_states(agent.init, script_args), args.algo)
+    try:
+        states, _ = load_checkpoint(args.checkpoint, init_states(agent.init, script_args), args.algo)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     low, high = np.percentile(data.obs, [0.1, 99.9], axis=0)
     outside = lambda x: (x < low) | (x > high)
     print(f"data: {len(data.episode_returns)} episodes; share of its own states outside [0.1, 99.9] is 0.2% "
