@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 class Args:
     results: Path = HERE / "results"
     out: Path = HERE / "results.md"
+    readme: Path = HERE.parent / "README.md"
+    """its tables between the results markers are rewritten too"""
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
@@ -108,6 +110,24 @@ def fmt(pair) -> str:
     return f"{pair[0]:.1f} ± {pair[1]:.1f}" if pair else "–"
 
 
+def score_table(rows: dict) -> list[str]:
+    lines = ["| method | updates | seeds | final | best (at update) | minutes per seed |", "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        best = f"{fmt(row.get('best'))} ({row['best_step']})" if row.get("best") else "–"
+        wall = f"{row['wall_min']:.0f}" if row["wall_min"] is not None else "–"
+        lines.append(f"| {name} | {row['total_steps']} | {row['seeds']} | {fmt(row.get('final'))} | {best} | {wall} |")
+    return lines + [f"- {name}: " + "; ".join(row["failed"]) for name, row in rows.items() if row["failed"]]
+
+
+def update_readme(readme: Path, block: list[str]):
+    """Replace what stands between the README's results markers, if it has them."""
+    start, end = "<!-- results: written by python -m benchmarks.report -->", "<!-- results end -->"
+    text = readme.read_text() if readme.is_file() else ""
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        readme.write_text("\n".join([before + start, *block, end]) + rest.split(end, 1)[1])
+
+
 def main(args: Args):
     cells = load_cells(args.results)
     if not cells:
@@ -118,35 +138,32 @@ def main(args: Args):
              "curve (optimistic: it picks a step after seeing the scores). Minutes per seed: a program's wall time",
              "(evaluations included) divided by the seeds it trained at once. Made by `python -m benchmarks.run`,",
              "written by `python -m benchmarks.report`. Stand-in datasets: not comparable with published D4RL numbers.", ""]
+    readme = []
     for env_id in sorted({env for env, _ in cells}):
         rows = {name: summarize(records) for (env, name), records in sorted(cells.items()) if env == env_id}
         dataset = next((row["dataset"] for row in rows.values() if row["dataset"]), None)
-        lines += [f"## {env_id}", ""]
-        if dataset:
-            lines += [(f"Data: `{dataset['dataset_id']}`, from {dataset['source']}: {dataset['episodes']} episodes, "
-                       f"{dataset['transitions']} transitions; its mean normalized return is "
-                       f"**{dataset['mean_normalized_return']:.1f}**."), ""]
-        lines += ["| method | updates | seeds | final | best (at update) | minutes per seed |", "|---|---|---|---|---|---|"]
-        for name, row in rows.items():
-            best = f"{fmt(row.get('best'))} ({row['best_step']})" if row.get("best") else "–"
-            wall = f"{row['wall_min']:.0f}" if row["wall_min"] is not None else "–"
-            lines.append(f"| {name} | {row['total_steps']} | {row['seeds']} | {fmt(row.get('final'))} | {best} | {wall} |")
-        for name, row in rows.items():
-            if row["failed"]:
-                lines.append(f"- {name}: " + "; ".join(row["failed"]))
+        data_line = "" if not dataset else (
+            f"Data: `{dataset['dataset_id']}`, from {dataset['source']}: {dataset['episodes']} episodes, "
+            f"{dataset['transitions']} transitions; its mean normalized return is **{dataset['mean_normalized_return']:.1f}**.")
         stem = env_id.replace("/", "-")
         plot(env_id, cells, "charts/normalized_score", "normalized score", args.out.parent / f"results_{stem}.png")
-        plot(env_id, cells, "values/q", "mean Q(s, a) on batches (scaled rewards)", args.out.parent / f"results_{stem}_q.png",
-             log=True)
-        lines += ["", f"![learning curves](results_{stem}.png) ![Q estimates](results_{stem}_q.png)", "", "Commands:", ""]
-        lines += ["```", *commands(rs for (env, _), rs in cells.items() if env == env_id), "```", ""]
+        plot(env_id, cells, "values/q", "mean Q(s, a) on training batches (IQL: scaled rewards)",
+             args.out.parent / f"results_{stem}_q.png", log=True)
+        figures = f"![learning curves](results_{stem}.png) ![Q estimates](results_{stem}_q.png)"
+        lines += [f"## {env_id}", "", data_line, "", *score_table(rows), "", figures, "", "Commands:", "",
+                  "```", *commands(rs for (env, _), rs in cells.items() if env == env_id), "```", ""]
         notes = args.results / env_id / "NOTES.md"  # hand-written: what the numbers mean, with evidence
         if notes.is_file():
             lines += [notes.read_text().strip(), ""]
+        readme += [f"**{env_id}**. {data_line}", "", *score_table(rows), "",
+                   figures.replace("(results_", f"({args.out.parent.name}/results_"), ""]
     machines = sorted({r["machine"] for rs in cells.values() for r in rs})
     dates = sorted({r["date"] for rs in cells.values() for r in rs})
     lines += [f"Machine: {'; '.join(machines)}. Runs made {dates[0]} to {dates[-1]}.", ""]
     args.out.write_text("\n".join(lines))
+    link = f"{args.out.parent.name}/{args.out.name}"
+    footer = f"Machine: {'; '.join(machines)}. The commands, and notes on what the numbers mean: [`{link}`]({link})."
+    update_readme(args.readme, [*readme, footer])
     print(f"wrote {args.out} and its figures")
 
 

@@ -135,12 +135,17 @@ def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
     write_cell(tmp_path / "results", "iql", 1, [20, 70, 10])
     write_cell(tmp_path / "results", "plain_td3", 0, [5, 1], outcome="failed (exit code 1) at update 200")
     (tmp_path / "results" / "hopper-medium" / "NOTES.md").write_text("Why plain TD3 fails: see the Q curve.\n")
-    report.main(report.Args(results=tmp_path / "results", out=tmp_path / "results.md"))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results: written by python -m benchmarks.report -->\nold\n<!-- results end -->\nrest\n")
+    report.main(report.Args(results=tmp_path / "results", out=tmp_path / "results.md", readme=readme))
     text = (tmp_path / "results.md").read_text()
     assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 |" in text
     assert "- plain_td3: seed 0: failed (exit code 1) at update 200" in text
     assert "mean normalized return is **39.4**" in text
     assert "Why plain TD3 fails: see the Q curve." in text
     assert "python iql.py --env-id hopper-medium --seed {0,1} --total-steps 300" in text
+    readme_text = readme.read_text()
+    assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 |" in readme_text and "old" not in readme_text
+    assert readme_text.startswith("# x\n<!--") and readme_text.endswith("<!-- results end -->\nrest\n")
     assert (tmp_path / "results_hopper-medium.png").stat().st_size > 0
     assert (tmp_path / "results_hopper-medium_q.png").stat().st_size > 0
