@@ -137,7 +137,8 @@ def main(args: Args):
              "mean ± std over seeds. *final*: at the last evaluation; *best*: the best point of the seed-averaged",
              "curve (optimistic: it picks a step after seeing the scores). Minutes per seed: a program's wall time",
              "(evaluations included) divided by the seeds it trained at once. Made by `python -m benchmarks.run`,",
-             "written by `python -m benchmarks.report`. Stand-in datasets: not comparable with published D4RL numbers.", ""]
+             "written by `python -m benchmarks.report`. Stand-in datasets: not comparable with published D4RL numbers.",
+             "In the Q figures, IQL's values are in its scaled rewards (x 1000 / the data's return range).", ""]
     readme = []
     for env_id in sorted({env for env, _ in cells}):
         rows = {name: summarize(records) for (env, name), records in sorted(cells.items()) if env == env_id}
@@ -147,8 +148,8 @@ def main(args: Args):
             f"{dataset['transitions']} transitions; its mean normalized return is **{dataset['mean_normalized_return']:.1f}**.")
         stem = env_id.replace("/", "-")
         plot(env_id, cells, "charts/normalized_score", "normalized score", args.out.parent / f"results_{stem}.png")
-        plot(env_id, cells, "values/q", "mean Q(s, a) on training batches (IQL: scaled rewards)",
-             args.out.parent / f"results_{stem}_q.png", log=True)
+        plot(env_id, cells, "values/q", "mean Q(s, a), training batches", args.out.parent / f"results_{stem}_q.png",
+             log=True)  # iql.py scales its rewards (x 1000 / return range): its Q is on another scale
         figures = f"![learning curves](results_{stem}.png) ![Q estimates](results_{stem}_q.png)"
         lines += [f"## {env_id}", "", data_line, "", *score_table(rows), "", figures, "", "Commands:", "",
                   "```", *commands(rs for (env, _), rs in cells.items() if env == env_id), "```", ""]
