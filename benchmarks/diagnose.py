@@ -20,11 +20,10 @@ import jax
 import numpy as np
 import tyro
 
+from benchmarks.speed import MAKERS
 from common.datasets import load_dataset
 from common.logger import load_checkpoint
 from common.training import EVAL_SEED, init_states
-
-MAKERS = {"iql": "make_iql", "td3_bc": "make_td3_bc", "awr": "make_awr", "cql": "make_cql"}
 
 
 @dataclass

@@ -76,7 +76,7 @@ def summarize(records: list[dict]) -> dict:
     return row
 
 
-def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool = False):
+def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool = False, data_mean=None):
     fig, ax = plt.subplots(figsize=(6, 4))
     for (env, name), records in sorted(cells.items()):
         steps, values = seed_curves(records, key)
@@ -85,9 +85,8 @@ def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool 
         mean, std = values.mean(0), values.std(0)
         ax.plot(steps, mean, label=f"{name} ({len(values)} seeds)")
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    dataset = next((r["dataset"] for (env, _), rs in cells.items() if env == env_id for r in rs if r.get("dataset")), None)
-    if key == "charts/normalized_score" and dataset and dataset.get("mean_normalized_return") is not None:
-        ax.axhline(dataset["mean_normalized_return"], color="gray", linestyle="--", label="dataset mean")
+    if data_mean is not None:
+        ax.axhline(data_mean, color="gray", linestyle="--", label="dataset mean")
     if log:
         ax.set_yscale("symlog")
     ax.set(xlabel="gradient updates", ylabel=ylabel, title=env_id)
@@ -147,7 +146,8 @@ def main(args: Args):
             f"Data: `{dataset['dataset_id']}`, from {dataset['source']}: {dataset['episodes']} episodes, "
             f"{dataset['transitions']} transitions; its mean normalized return is **{dataset['mean_normalized_return']:.1f}**.")
         stem = env_id.replace("/", "-")
-        plot(env_id, cells, "charts/normalized_score", "normalized score", args.out.parent / f"results_{stem}.png")
+        plot(env_id, cells, "charts/normalized_score", "normalized score", args.out.parent / f"results_{stem}.png",
+             data_mean=dataset["mean_normalized_return"] if dataset else None)
         plot(env_id, cells, "values/q", "mean Q(s, a), training batches", args.out.parent / f"results_{stem}_q.png",
              log=True)  # iql.py scales its rewards (x 1000 / return range): its Q is on another scale
         figures = f"![learning curves](results_{stem}.png) ![Q estimates](results_{stem}_q.png)"

@@ -5,13 +5,14 @@
     python -m benchmarks.run --algos td3_bc --name plain_td3 --script-args="--bc-weight 0" --seeds 0
     python -m benchmarks.report     # benchmarks/results.md and the learning curves
 
-Each run is the algorithm's own script, started as a subprocess with the same flags a user would type;
-on a GPU, the consecutive seeds of one algorithm and dataset share one process (`--num-seeds`, one vmapped
-program, which gives each seed what its own run would); --vmap-seeds / --no-vmap-seeds choose. A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluation, with the losses and
+Each run is the algorithm's own script, started as a subprocess with the same flags a user would type.
+On a GPU, the consecutive seeds of one algorithm and dataset share one process (`--num-seeds`, one vmapped
+program, which gives each seed what its own run would); --vmap-seeds / --no-vmap-seeds choose.
+A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluation, with the losses and
 values of the chunk before it) and a `.json` beside it (the seed's own command, the command launched, wall
-time, machine, outcome). Rerunning
-the command skips every finished cell; a cell that was interrupted is started again from scratch, so a
-kill costs at most the run in progress. A run that stops on a NaN is recorded as failed, not retried.
+time, machine, outcome). Rerunning the command skips every finished cell; a cell that was interrupted is
+started again from scratch, so a kill costs at most the run in progress. A run that stops on a NaN is
+recorded as failed, not retried.
 """
 
 import json
@@ -119,7 +120,9 @@ def main(args: Args):
         raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {list(ALGOS)}")
     if args.script_args and not args.name:
         raise SystemExit("error: --script-args changes the algorithm: give the cells a --name of their own")
-    from benchmarks.speed import machine  # imports jax: only once the flags are known to be good
+    import jax  # imported only once the flags are known to be good
+
+    from benchmarks.speed import machine
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the grid as Ctrl-C does
     cells = [cell_settings(args, algo, env_id, seed)
              for env_id in args.env_ids for algo in args.algos for seed in args.seeds]
@@ -136,7 +139,6 @@ def main(args: Args):
         todo.append((settings, out))
     print(f"{len(cells) - len(todo)} of {len(cells)} runs already done; {len(todo)} to go")
     this_machine = machine()
-    import jax
     vmap_seeds = args.vmap_seeds if args.vmap_seeds is not None else jax.default_backend() != "cpu"
     groups = programs(todo, vmap_seeds)
     for i, group in enumerate(groups, 1):

@@ -177,9 +177,10 @@ def main(args: Args):
     print(f"dense-matmul peak: {peak:.1f} GFLOP/s on {machine()}")
     rows = []
     for algo in args.algos:
-        row = measure(algo, args.log_every // 10 if algo == "cql" else args.log_every, args.seconds, peak)
-        row["seed_updates_per_s"] = {n: row["updates_per_s"] if n == 1 else round(measure_seeds(
-            algo, args.log_every // 10 if algo == "cql" else args.log_every, args.seconds, n), 1) for n in args.num_seeds}
+        log_every = args.log_every // 10 if algo == "cql" else args.log_every
+        row = measure(algo, log_every, args.seconds, peak)
+        row["seed_updates_per_s"] = {n: row["updates_per_s"] if n == 1 else
+                                     round(measure_seeds(algo, log_every, args.seconds, n), 1) for n in args.num_seeds}
         rows.append(row)
         print(json.dumps(row))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
