@@ -57,6 +57,7 @@ class Args:
     eval_only: bool = False
     """evaluate --checkpoint instead of training"""
     checkpoint: Path | None = None
+    """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
     # algorithm
     temperature: float = 1.0
     """λ of the weights exp(A / λ): smaller is greedier, larger is closer to behavioural cloning

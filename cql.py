@@ -56,6 +56,7 @@ class Args:
     eval_only: bool = False
     """evaluate --checkpoint instead of training"""
     checkpoint: Path | None = None
+    """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
     # algorithm
     cql_form: Literal["h", "basic"] = "h"
     """h: importance-sampled logsumexp over uniform and policy actions; basic: mean Q over uniform actions"""

@@ -54,6 +54,7 @@ class Args:
     eval_only: bool = False
     """evaluate --checkpoint instead of training"""
     checkpoint: Path | None = None
+    """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
     # algorithm
     expectile: float = 0.7
     """τ of the value's expectile regression, in [0.5, 1): 0.5 is the mean over data actions, → 1 their max"""

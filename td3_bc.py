@@ -56,6 +56,7 @@ class Args:
     eval_only: bool = False
     """evaluate --checkpoint instead of training"""
     checkpoint: Path | None = None
+    """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
     # algorithm
     alpha: float = 2.5
     """α: weight of Q against behavioural cloning in the actor loss (0 gives plain behavioural cloning)"""

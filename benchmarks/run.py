@@ -10,9 +10,9 @@ On a GPU, the consecutive seeds of one algorithm and dataset share one process (
 program, which gives each seed what its own run would); --vmap-seeds / --no-vmap-seeds choose.
 A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluation, with the losses and
 values of the chunk before it) and a `.json` beside it (the seed's own command, the command launched, wall
-time, machine, outcome). Rerunning the command skips every finished cell; a cell that was interrupted is
-started again from scratch, so a kill costs at most the run in progress. A run that stops on a NaN is
-recorded as failed, not retried.
+time, machine, outcome). Rerunning the command skips every finished cell. A cell that was stopped (Ctrl-C,
+`kill`, even a power cut) goes on from its latest checkpoint, saved every --eval-every updates,
+and takes the updates it would have taken unstopped. A run that stops on a NaN is recorded as failed, not retried.
 """
 
 import json
@@ -58,7 +58,7 @@ def cell_settings(args: Args, algo: str, env_id: str, seed: int) -> dict:
     command = [f"{algo}.py", "--env-id", env_id, "--seed", str(seed), "--total-steps", str(steps),
                "--eval-every", str(args.eval_every), *args.script_args.split()]
     return {"algo": algo, "name": args.name or algo, "env_id": env_id, "seed": seed, "total_steps": steps,
-            "command": "python " + " ".join(command)}
+            "eval_every": args.eval_every, "command": "python " + " ".join(command)}
 
 
 def split_by_seed(evaluations: Path | None) -> dict[int, list[str]]:
@@ -72,32 +72,87 @@ def split_by_seed(evaluations: Path | None) -> dict[int, list[str]]:
     return {seed: [header, *seed_rows] for seed, seed_rows in by_seed.items()}
 
 
+def launch(command: list[str], cwd: Path) -> int:
+    """Run a training script to its end. On Ctrl-C or SIGTERM here, it is asked once to stop, and waited for:
+    it finishes its chunk of updates and saves a checkpoint that the next attempt resumes from."""
+    process = subprocess.Popen(command, cwd=cwd, start_new_session=True)  # terminal Ctrl-C reaches it only via us
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        try:
+            process.wait()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
+            process.kill()
+        raise
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of a stopped run with the most updates behind it (final.msgpack is written on a stop)."""
+    from common.logger import read_checkpoint  # imports JAX: not needed to check the flags
+
+    steps = {}
+    for path in run_dir.glob("*.msgpack"):
+        try:
+            steps[path] = read_checkpoint(path)[0]["step"]
+        except (ValueError, KeyError):
+            continue  # half-written or foreign: skip it
+    steps.pop(run_dir / "nonfinite.msgpack", None)
+    return max(steps, key=steps.get) if steps else None
+
+
 def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) -> str:
-    """Train the cells' consecutive seeds in one process (--num-seeds); write each seed's evaluations and record."""
+    """Train the cells' consecutive seeds in one process (--num-seeds); write each seed's evaluations and record.
+
+    An earlier attempt at the same program that was stopped is resumed from its latest checkpoint."""
     first = cells[0][0]
-    exp_name = f"bench-{uuid.uuid4().hex[:8]}"  # finds this run's directory among all the others
     script, *flags = first["command"].split()[1:]
     flags = [*flags, "--num-seeds", str(len(cells))] if len(cells) > 1 else flags
+    keep_checkpoints = "--save-every" in flags
+    flags = flags if keep_checkpoints else [*flags, "--save-every", str(first["eval_every"])]
+    launched = " ".join(["python", script, *flags])
+    attempt_file = work_dir / "runs" / "benchmark_attempts" / f"{first['env_id']}__{first['name']}__{first['seed']}.json"
+    attempt = json.loads(attempt_file.read_text()) if attempt_file.is_file() else {}
+    resume_from = None
+    if attempt.get("launched") == launched:
+        earlier = sorted((work_dir / "runs").glob(f"*__{attempt['exp_name']}__*"))
+        resume_from = latest_checkpoint(earlier[-1]) if earlier else None
+    if resume_from is None:  # a fresh start; the name finds this run's directory among all the others
+        attempt = {"launched": launched, "exp_name": f"bench-{uuid.uuid4().hex[:8]}", "wall_s": 0.0}
+    attempt_file.parent.mkdir(parents=True, exist_ok=True)
+    attempt_file.write_text(json.dumps(attempt) + "\n")
+
+    command = [sys.executable, str(ROOT / script), *flags, "--exp-name", attempt["exp_name"]]
+    if resume_from:
+        print(f"resuming from {resume_from}", flush=True)
+        command += ["--checkpoint", str(resume_from)]
     start = time.time()
-    code = subprocess.run([sys.executable, str(ROOT / script), *flags, "--exp-name", exp_name], cwd=work_dir,
-                          check=False).returncode
-    wall = time.time() - start
-    run_dirs = sorted((work_dir / "runs").glob(f"*__{exp_name}__*"))
-    by_seed = split_by_seed(run_dirs[-1] / "evaluations.csv" if run_dirs else None)
-    steps_done = min((int(float(by_seed[c["seed"]][-1].split(",")[0])) if len(by_seed.get(c["seed"], [])) > 1 else 0)
-                     for c, _ in cells)
-    if code == 0 and steps_done < first["total_steps"]:
-        raise KeyboardInterrupt  # the script was interrupted (Ctrl-C reaches it first): the cells are not done
+    try:
+        code = launch(command, work_dir)
+        wall = attempt["wall_s"] + time.time() - start
+        run_dirs = sorted((work_dir / "runs").glob(f"*__{attempt['exp_name']}__*"))
+        by_seed = split_by_seed(run_dirs[-1] / "evaluations.csv" if run_dirs else None)
+        steps_done = min((int(float(by_seed[c["seed"]][-1].split(",")[0])) if len(by_seed.get(c["seed"], [])) > 1
+                          else 0) for c, _ in cells)
+        if code == 0 and steps_done < first["total_steps"]:
+            raise KeyboardInterrupt  # the script alone was stopped (it saved and exited cleanly): not done
+    except KeyboardInterrupt:
+        attempt_file.write_text(json.dumps(attempt | {"wall_s": attempt["wall_s"] + time.time() - start}) + "\n")
+        raise
     outcome = "finished" if code == 0 else f"failed (exit code {code}) at update {steps_done}"
     dataset = run_dirs[-1] / "dataset.json" if run_dirs else None
     for settings, out in cells:
         if settings["seed"] in by_seed:
             out.with_suffix(".csv").write_text("\n".join(by_seed[settings["seed"]]) + "\n")
         record = settings | {
-            "outcome": outcome, "wall_s": round(wall, 1), "seeds_in_program": len(cells),
-            "launched": " ".join(["python", script, *flags]), "machine": machine, "date": time.strftime("%Y-%m-%d"),
+            "outcome": outcome, "wall_s": round(wall, 1), "seeds_in_program": len(cells), "launched": launched,
+            "machine": machine, "date": time.strftime("%Y-%m-%d"),
             "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
         out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")  # written last: marks it done
+    attempt_file.unlink()
+    if not keep_checkpoints and run_dirs:  # they were only there to resume from; final.msgpack stays
+        for path in run_dirs[-1].glob("checkpoint_*.msgpack"):
+            path.unlink()
     return outcome
 
 
@@ -143,8 +198,8 @@ def main(args: Args):
     groups = programs(todo, vmap_seeds)
     for i, group in enumerate(groups, 1):
         seeds = [settings["seed"] for settings, _ in group]
-        print(f"[{i}/{len(groups)}] {group[0][0]['command']}" + (f" (seeds {seeds}, vmapped)" if len(seeds) > 1 else ""),
-              flush=True)
+        vmapped = f" (seeds {seeds}, vmapped)" if len(seeds) > 1 else ""
+        print(f"[{i}/{len(groups)}] {group[0][0]['command']}{vmapped}", flush=True)
         for _, out in group:
             out.parent.mkdir(parents=True, exist_ok=True)
         try:

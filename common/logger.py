@@ -12,14 +12,28 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 
-class Run:
-    """One experiment: `runs/{env_id}__{exp_name}__{seed}__{unix_time}` with TensorBoard logs and checkpoints."""
+def settings(args) -> dict:
+    """The flags of a run as strings: written to args.json and into every checkpoint."""
+    return {k: str(v) for k, v in dataclasses.asdict(args).items()}
 
-    def __init__(self, args, root: Path = Path("runs")):
-        self.dir = root / f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.dir))
-        config = {k: str(v) for k, v in dataclasses.asdict(args).items()}
+
+class Run:
+    """One experiment: `runs/{env_id}__{exp_name}__{seed}__{unix_time}` with TensorBoard logs and checkpoints.
+
+    `resumed_at=step` continues the run whose checkpoint is args.checkpoint, in that checkpoint's directory:
+    what it logged after `step` (when it was killed after its last checkpoint) is dropped, so nothing is counted twice.
+    """
+
+    def __init__(self, args, root: Path = Path("runs"), resumed_at: int | None = None):
+        if resumed_at is None:
+            self.dir = root / f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(self.dir))
+        else:
+            self.dir = Path(args.checkpoint).parent
+            self._drop_evaluations_after(resumed_at)
+            self.writer = SummaryWriter(str(self.dir), purge_step=resumed_at + 1)
+        config = settings(args)
         self.json("args.json", config)
         table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
@@ -35,6 +49,13 @@ class Run:
             if f.tell() == 0:
                 f.write(",".join(row) + "\n")
             f.write(",".join(f"{float(v):.6g}" for v in row.values()) + "\n")
+
+    def _drop_evaluations_after(self, step: int):
+        path = self.dir / "evaluations.csv"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        if lines:
+            kept = [lines[0], *(row for row in lines[1:] if float(row.split(",")[0]) <= step)]
+            path.write_text("\n".join(kept) + "\n")
 
     def json(self, name: str, content: dict):
         (self.dir / name).write_text(json.dumps(content, indent=2) + "\n")
@@ -55,19 +76,24 @@ def save_checkpoint(path: Path, state, meta: dict):
     tmp.replace(path)  # atomic: an interrupted save never leaves half a checkpoint
 
 
-def load_checkpoint(path: Path, template, algorithm: str):
-    """Restore a state shaped like `template`; raises ValueError with a readable reason on a mismatch."""
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(meta, state as a dict of arrays) of a checkpoint; raises ValueError with a readable reason."""
     if not Path(path).is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
         raw = flax.serialization.msgpack_restore(Path(path).read_bytes())
-        meta = json.loads(raw["meta"])
+        return json.loads(raw["meta"]), raw["state"]
     except Exception as e:
         raise ValueError(f"{path} is not a checkpoint written by this project ({type(e).__name__}: {e})") from e
+
+
+def load_checkpoint(path: Path, template, algorithm: str):
+    """Restore a state shaped like `template`; raises ValueError with a readable reason on a mismatch."""
+    meta, saved = read_checkpoint(path)
     if meta.get("algorithm") != algorithm:
         raise ValueError(f"{path} was written by {meta.get('algorithm')}, not {algorithm}")
     try:
-        state = flax.serialization.from_state_dict(template, raw["state"])
+        state = flax.serialization.from_state_dict(template, saved)
         jax.tree.map(_same_shape, template, state)
     except Exception as e:
         raise ValueError(f"{path} does not fit these networks (env {meta.get('env_id')}): {e}") from e

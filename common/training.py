@@ -13,9 +13,11 @@ import numpy as np
 from tqdm import tqdm
 
 from common.evaluation import run_episodes
-from common.logger import GracefulInterrupt, Run, first_nonfinite, load_checkpoint, save_checkpoint
+from common.logger import GracefulInterrupt, Run, first_nonfinite, load_checkpoint, save_checkpoint, settings
 
 EVAL_SEED = 10_000  # evaluation episode i starts from reset(seed=10000 + i), in every script and every run
+# Flags that may differ when a run is resumed: none of them changes the updates.
+RESUMABLE_CHANGES = {"checkpoint", "eval_only", "exp_name", "eval_every", "eval_episodes", "save_every"}
 
 
 def check_experiment_args(args, *algorithm_problems: tuple[bool, str]):
@@ -45,6 +47,29 @@ def init_states(init, args):
     return jax.vmap(init)(jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds)))
 
 
+def resume(args, state, algorithm: str):
+    """Load args.checkpoint to go on training it: (state, its update, its training seconds so far).
+
+    The state holds everything an update reads (parameters, optimiser moments, the random key), so a resumed run
+    takes the very updates the uninterrupted one would have taken, provided the flags are the same.
+    """
+    try:
+        state, meta = load_checkpoint(args.checkpoint, state, algorithm)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    if "args" not in meta:
+        raise SystemExit(f"error: {args.checkpoint} does not record its flags, so it cannot be resumed safely; "
+                         f"--eval-only evaluates it")
+    now = settings(args)
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and meta["args"].get(k) != now[k]]
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {meta['args'].get(k)} (now {now[k]})" for k in changed)
+        raise SystemExit(f"error: {args.checkpoint} was trained with {was}; resuming needs the same flags "
+                         f"(only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} may change)")
+    print(f"resuming {args.checkpoint} at update {meta['step']}")
+    return state, meta["step"], meta.get("wall_s", 0.0)
+
+
 def eval_line(step, episode_returns, score, seed=None) -> str:
     score_text = f"normalized {score:6.1f}" if score is not None else "(no reference scores)"
     prefix = f"seed {seed:>3d} | " if seed is not None else ""
@@ -52,7 +77,9 @@ def eval_line(step, episode_returns, score, seed=None) -> str:
 
 
 def train_or_evaluate(args, algorithm: str, agent, state, data, device_data, summarize=None):
-    """Train `state` for args.total_steps updates (or, with --eval-only, evaluate args.checkpoint).
+    """Train `state` for args.total_steps updates: from scratch, or from args.checkpoint where it stopped.
+
+    With --eval-only, evaluate args.checkpoint instead.
 
     `summarize(metrics) -> dict` turns a chunk's per-update metrics into logged scalars (default: means).
     With --num-seeds N > 1, `state` holds N stacked states (`init_states`) and every step is vmapped over them.
@@ -89,16 +116,24 @@ def train_or_evaluate(args, algorithm: str, agent, state, data, device_data, sum
         return state
 
     summarize = summarize or (lambda metrics: {k: v.mean() for k, v in metrics.items()})
-    run = Run(args)
+    step, wall_before = 0, 0.0
+    if args.checkpoint is not None:  # go on training a run that was stopped: in its own directory
+        state, step, wall_before = resume(args, state, algorithm)
+    run = Run(args, resumed_at=step if args.checkpoint is not None else None)
     run.text("data", f"{data.dataset_id} from {data.source}. " + " ".join(data.notes))
     run.json("dataset.json", {"dataset_id": data.dataset_id, "source": data.source, "notes": data.notes,
                               "episodes": len(data.episode_returns), "transitions": len(data.obs),
                               "mean_return": float(data.episode_returns.mean()),
                               "mean_normalized_return": data.normalized_score(float(data.episode_returns.mean()))})
     interrupt = GracefulInterrupt()
-    meta = {"algorithm": algorithm, "env_id": args.env_id, "dataset_id": data.dataset_id, "seeds": seeds}
-    bar = tqdm(total=args.total_steps, desc=algorithm, unit="update", smoothing=0.1)
-    step, train_start = 0, time.perf_counter()
+    meta = {"algorithm": algorithm, "env_id": args.env_id, "dataset_id": data.dataset_id, "seeds": seeds,
+            "args": settings(args)}
+    bar = tqdm(total=args.total_steps, initial=step, desc=algorithm, unit="update", smoothing=0.1)
+    train_start = time.perf_counter() - wall_before
+
+    def checkpoint(name: str, at_step: int):
+        save_checkpoint(run.dir / name, state, {**meta, "step": at_step,
+                                                "wall_s": round(time.perf_counter() - train_start, 1)})
     while step < args.total_steps and not interrupt.requested:
         start = time.perf_counter()
         state, metrics = train_chunk(state, device_data)
@@ -108,7 +143,7 @@ def train_or_evaluate(args, algorithm: str, agent, state, data, device_data, sum
         for seed, seed_metrics in zip(seeds, per_seed):
             bad = first_nonfinite(seed_metrics)
             if bad:
-                save_checkpoint(run.dir / "nonfinite.msgpack", state, {**meta, "step": step + args.log_every})
+                checkpoint("nonfinite.msgpack", step + args.log_every)
                 index, names = bad
                 values = ", ".join(f"{name} became {seed_metrics[name][index]}" for name in names)
                 raise SystemExit(f"error: {f'seed {seed}: ' if stacked else ''}{values} at update {step + index + 1}; "
@@ -134,9 +169,9 @@ def train_or_evaluate(args, algorithm: str, agent, state, data, device_data, sum
             for line in eval_lines(step, returns, scores):
                 bar.write(line)
         if args.save_every and step % args.save_every == 0:
-            save_checkpoint(run.dir / f"checkpoint_{step}.msgpack", state, {**meta, "step": step})
+            checkpoint(f"checkpoint_{step}.msgpack", step)
     bar.close()
-    save_checkpoint(run.dir / "final.msgpack", state, {**meta, "step": step})
+    checkpoint("final.msgpack", step)
     print(f"{'interrupted' if interrupt.requested else 'done'} at update {step}; checkpoint {run.dir / 'final.msgpack'}")
     run.close()
     return state

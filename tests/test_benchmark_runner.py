@@ -1,12 +1,16 @@
 """benchmarks/run.py (the grid of training runs) and benchmarks/report.py (results.md and figures)."""
 
 import json
-import subprocess
+import signal
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks import report, run
+from common.logger import save_checkpoint
 from tests.test_training import CLI_SMALL
 
 
@@ -24,6 +28,8 @@ def test_grid_records_each_run_and_a_second_call_does_no_work(tiny_hopper, tmp_p
     curve = report.read_csv(tmp_path / "results" / tiny_hopper / "small_iql__seed0.csv")
     assert curve["step"].tolist() == [100, 200] and curve["seed"].tolist() == [0, 0]
     assert {"charts/normalized_score", "values/q", "losses/critic"} <= set(curve)
+    (run_dir,) = (tmp_path / "runs").glob("*__bench-*")
+    assert (run_dir / "final.msgpack").is_file() and not list(run_dir.glob("checkpoint_*"))  # kept only to resume
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was run again")
@@ -33,28 +39,32 @@ def test_grid_records_each_run_and_a_second_call_does_no_work(tiny_hopper, tmp_p
     assert "1 of 1 runs already done; 0 to go" in capsys.readouterr().out
 
 
-def fake_script(steps_reached: int, code: int = 0, launched=None):
-    """Stands in for a training script: writes an evaluations.csv that stops at `steps_reached`."""
-    def fake_run(command, cwd, check):
+def fake_script(steps_reached: int, code: int = 0, launched=None, ctrl_c=False):
+    """Stands in for `run.launch`: a script whose evaluations.csv and final checkpoint stop at `steps_reached`."""
+    def fake_launch(command, cwd):
         if launched is not None:
             launched.append(command)
         exp_name = command[command.index("--exp-name") + 1]
         seed = int(command[command.index("--seed") + 1])
         num_seeds = int(command[command.index("--num-seeds") + 1]) if "--num-seeds" in command else 1
-        run_dir = cwd / "runs" / f"env__{exp_name}__0__1"
-        run_dir.mkdir(parents=True)
+        resumed = Path(command[command.index("--checkpoint") + 1]) if "--checkpoint" in command else None
+        run_dir = resumed.parent if resumed else cwd / "runs" / f"env__{exp_name}__0__1"
+        run_dir.mkdir(parents=True, exist_ok=True)
         rows = "".join(f"{step},{s},1,0,10,0.5,1\n" for step in range(100, steps_reached + 1, 100)
                        for s in range(seed, seed + num_seeds))
         (run_dir / "evaluations.csv").write_text("step,seed,wall_s,return_std,charts/episodic_return,"
                                                  "charts/normalized_score,values/q\n" + rows)
-        return subprocess.CompletedProcess(command, code)
-    return fake_run
+        save_checkpoint(run_dir / "final.msgpack", {}, {"step": steps_reached})
+        if ctrl_c:
+            raise KeyboardInterrupt
+        return code
+    return fake_launch
 
 
 def test_consecutive_seeds_share_one_vmapped_program_and_keep_their_own_records(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
     launched = []
-    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=200, launched=launched))
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=200, launched=launched))
     run.main(small_grid("hopper-medium", tmp_path, seeds=(0, 1, 2, 5), vmap_seeds=True))
     seeds_flags = [c[c.index("--seed"):c.index("--seed") + 2] + c[c.index("--num-seeds"):c.index("--num-seeds") + 2]
                    if "--num-seeds" in c else c[c.index("--seed"):c.index("--seed") + 2] for c in launched]
@@ -68,23 +78,48 @@ def test_consecutive_seeds_share_one_vmapped_program_and_keep_their_own_records(
     assert record["seeds_in_program"] == 3
 
 
-def test_an_interrupted_run_is_not_recorded_and_the_rerun_completes_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ctrl_c", [True, False], ids=["ctrl-c to the grid", "script stopped alone"])
+def test_an_interrupted_run_is_not_recorded_and_the_rerun_resumes_it(ctrl_c, tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
     args = small_grid("hopper-medium", tmp_path, seeds=(0, 1))
-    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=100))  # Ctrl-C after the first evaluation
+    launched = []
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=100, launched=launched, ctrl_c=ctrl_c))
     with pytest.raises(SystemExit, match="interrupted during .*--seed 0"):
         run.main(args)
     assert not list((tmp_path / "results").glob("*/*.json"))
 
-    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=200))
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=200, launched=launched))
     run.main(args)
     records = sorted((tmp_path / "results" / "hopper-medium").glob("*.json"))
     assert [r.name for r in records] == ["small_iql__seed0.json", "small_iql__seed1.json"]
+    stopped, resumed, seed1 = launched
+    (run_dir,) = (tmp_path / "runs").glob(f"*__{stopped[stopped.index('--exp-name') + 1]}__*")
+    assert resumed[-2:] == ["--checkpoint", str(run_dir / "final.msgpack")]
+    assert resumed[:-2] == stopped and "--checkpoint" not in seed1
+    assert "--save-every 100" in json.loads(records[0].read_text())["launched"]
+    assert not list((tmp_path / "runs" / "benchmark_attempts").iterdir())
+
+
+def test_a_stopped_grid_asks_its_script_once_to_stop_and_waits_for_it(tmp_path):
+    script = ("import pathlib, signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path('saved').write_text('yes'), sys.exit(0)))\n"
+              "pathlib.Path('ready').write_text('yes')\n"
+              "time.sleep(60)\n")
+
+    def ctrl_c_when_ready():
+        while not (tmp_path / "ready").exists():
+            threading.Event().wait(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as Ctrl-C in a terminal
+
+    threading.Thread(target=ctrl_c_when_ready, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run.launch([sys.executable, "-c", script], tmp_path)
+    assert (tmp_path / "saved").read_text() == "yes"  # it had saved before launch gave up the wait
 
 
 def test_a_run_that_stops_on_nan_is_recorded_as_failed(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
-    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=100, code=1))
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=100, code=1))
     run.main(small_grid("hopper-medium", tmp_path))
     record = json.loads((tmp_path / "results" / "hopper-medium" / "small_iql__seed0.json").read_text())
     assert record["outcome"] == "failed (exit code 1) at update 100"
@@ -92,7 +127,7 @@ def test_a_run_that_stops_on_nan_is_recorded_as_failed(tmp_path, monkeypatch):
 
 def test_a_record_made_by_another_command_is_not_overwritten(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
-    monkeypatch.setattr(run.subprocess, "run", fake_script(steps_reached=200))
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=200))
     run.main(small_grid("hopper-medium", tmp_path))
     with pytest.raises(SystemExit, match="was made by .*--total-steps 200.* pass another --name or delete it"):
         run.main(small_grid("hopper-medium", tmp_path, total_steps=300))

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from common.logger import save_checkpoint
+from common.logger import read_checkpoint, save_checkpoint
 from tests.cli import REPO, run_script
 
 SCRIPTS = ["iql", "td3_bc", "awr", "cql"]
@@ -78,3 +78,37 @@ def test_ctrl_c_saves_and_exits_cleanly(script, tiny_hopper, tmp_path):
     assert proc.returncode == 0, stderr
     assert "interrupted at update" in stdout and "Traceback" not in stderr
     assert list(tmp_path.glob("runs/*/final.msgpack"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_resumed_run_takes_the_same_updates_as_one_never_stopped(script, tiny_hopper, tmp_path, monkeypatch):
+    module = importlib.import_module(script)
+    monkeypatch.chdir(tmp_path)
+    flags = dict(SMALL, total_steps=16, eval_every=4, save_every=8)
+    module.main(module.Args(env_id=tiny_hopper, **flags))
+    (run_dir,) = tmp_path.glob("runs/*")
+    never_stopped = read_checkpoint(run_dir / "final.msgpack")[1]
+    evaluations = (run_dir / "evaluations.csv").read_text().splitlines()
+
+    # As if killed just before update 16: resume from the checkpoint at update 8, in the same directory
+    module.main(module.Args(env_id=tiny_hopper, checkpoint=run_dir / "checkpoint_8.msgpack", **flags))
+    assert list(tmp_path.glob("runs/*")) == [run_dir]
+    jax.tree.map(np.testing.assert_array_equal, read_checkpoint(run_dir / "final.msgpack")[1], never_stopped)
+    resumed = (run_dir / "evaluations.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in resumed[1:]] == ["4", "8", "12", "16"]  # the old 12 and 16 were dropped
+    without_wall_time = lambda rows: [row.split(",")[:2] + row.split(",")[3:] for row in rows]  # noqa: E731
+    assert without_wall_time(resumed) == without_wall_time(evaluations)
+
+
+@pytest.mark.parametrize("changed, message", [
+    (dict(batch_size=8), "was trained with --batch-size 16 \\(now 8\\); resuming needs the same flags"),
+    (dict(total_steps=24), "was trained with --total-steps 16 \\(now 24\\)"),
+])
+def test_resuming_with_other_flags_is_refused(changed, message, tiny_hopper, tmp_path, monkeypatch):
+    module = importlib.import_module("iql")
+    monkeypatch.chdir(tmp_path)
+    flags = dict(SMALL, total_steps=16, eval_every=8, save_every=8)
+    module.main(module.Args(env_id=tiny_hopper, **flags))
+    (checkpoint,) = tmp_path.glob("runs/*/checkpoint_8.msgpack")
+    with pytest.raises(SystemExit, match=message):
+        module.main(module.Args(env_id=tiny_hopper, checkpoint=checkpoint, **(flags | changed)))
