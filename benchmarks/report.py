@@ -115,7 +115,10 @@ def score_table(rows: dict) -> list[str]:
         best = f"{fmt(row.get('best'))} ({row['best_step']})" if row.get("best") else "–"
         wall = f"{row['wall_min']:.0f}" if row["wall_min"] is not None else "–"
         lines.append(f"| {name} | {row['total_steps']} | {row['seeds']} | {fmt(row.get('final'))} | {best} | {wall} |")
-    return lines + [f"- {name}: " + "; ".join(row["failed"]) for name, row in rows.items() if row["failed"]]
+    most = max(row["total_steps"] for row in rows.values())
+    shorter = [f"- {name}: {row['total_steps']} updates where others have {most}, to fit the machine's time "
+               f"(its cost per update: `benchmarks/speed.md`)" for name, row in rows.items() if row["total_steps"] < most]
+    return lines + [f"- {name}: " + "; ".join(row["failed"]) for name, row in rows.items() if row["failed"]] + shorter
 
 
 def update_readme(readme: Path, block: list[str]):

@@ -176,6 +176,8 @@ def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 |" in text
     assert "- plain_td3: seed 0: failed (exit code 1) at update 200" in text
+    assert "- plain_td3: 200 updates where others have 300, to fit the machine's time" in text
+    assert "- iql: 300 updates where" not in text
     assert "mean normalized return is **39.4**" in text
     assert "Why plain TD3 fails: see the Q curve." in text
     assert "python iql.py --env-id hopper-medium --seed {0,1} --total-steps 300" in text
