@@ -90,4 +90,4 @@ def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypat
     assert cells[:4] == ["offrl-standin/hopper/random-v0", str(len(data.episode_returns)), "300",
                          f"{data.episode_returns.mean():.1f}"]
     assert cells[6] == f"{data.normalized_score(data.episode_returns).mean():.1f}"
-    assert cells[7].endswith("MB")
+    assert cells[7].endswith("MB") and cells[8].endswith("MB")  # first load, then a load from the cache
