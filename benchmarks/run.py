@@ -101,6 +101,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(steps, key=steps.get) if steps else None
 
 
+def newest_run_dir(work_dir: Path, exp_name: str) -> Path | None:
+    found = sorted((work_dir / "runs").glob(f"*__{exp_name}__*"))
+    return found[-1] if found else None
+
+
 def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) -> str:
     """Train the cells' consecutive seeds in one process (--num-seeds); write each seed's evaluations and record.
 
@@ -115,8 +120,8 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) ->
     attempt = json.loads(attempt_file.read_text()) if attempt_file.is_file() else {}
     resume_from = None
     if attempt.get("launched") == launched:
-        earlier = sorted((work_dir / "runs").glob(f"*__{attempt['exp_name']}__*"))
-        resume_from = latest_checkpoint(earlier[-1]) if earlier else None
+        earlier = newest_run_dir(work_dir, attempt["exp_name"])
+        resume_from = latest_checkpoint(earlier) if earlier else None
     if resume_from is None:  # a fresh start; the name finds this run's directory among all the others
         attempt = {"launched": launched, "exp_name": f"bench-{uuid.uuid4().hex[:8]}", "wall_s": 0.0}
     attempt_file.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +135,8 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) ->
     try:
         code = launch(command, work_dir)
         wall = attempt["wall_s"] + time.time() - start
-        run_dirs = sorted((work_dir / "runs").glob(f"*__{attempt['exp_name']}__*"))
-        by_seed = split_by_seed(run_dirs[-1] / "evaluations.csv" if run_dirs else None)
+        run_dir = newest_run_dir(work_dir, attempt["exp_name"])
+        by_seed = split_by_seed(run_dir / "evaluations.csv" if run_dir else None)
         steps_done = min((int(float(by_seed[c["seed"]][-1].split(",")[0])) if len(by_seed.get(c["seed"], [])) > 1
                           else 0) for c, _ in cells)
         if code == 0 and steps_done < first["total_steps"]:
@@ -140,7 +145,7 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) ->
         attempt_file.write_text(json.dumps(attempt | {"wall_s": attempt["wall_s"] + time.time() - start}) + "\n")
         raise
     outcome = "finished" if code == 0 else f"failed (exit code {code}) at update {steps_done}"
-    dataset = run_dirs[-1] / "dataset.json" if run_dirs else None
+    dataset = run_dir / "dataset.json" if run_dir else None
     for settings, out in cells:
         if settings["seed"] in by_seed:
             out.with_suffix(".csv").write_text("\n".join(by_seed[settings["seed"]]) + "\n")
@@ -150,8 +155,8 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) ->
             "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
         out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")  # written last: marks it done
     attempt_file.unlink()
-    if not keep_checkpoints and run_dirs:  # they were only there to resume from; final.msgpack stays
-        for path in run_dirs[-1].glob("checkpoint_*.msgpack"):
+    if not keep_checkpoints and run_dir:  # they were only there to resume from; final.msgpack stays
+        for path in run_dir.glob("checkpoint_*.msgpack"):
             path.unlink()
     return outcome
 
