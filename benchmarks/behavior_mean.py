@@ -1,0 +1,75 @@
+"""What does perfect imitation of a stand-in dataset score? Three ways to act with its behaviour policy.
+
+    python -m benchmarks.behavior_mean --env hopper
+
+A deterministic policy fitted to the data by squared error (or by a Gaussian's log-likelihood with a
+state-independent std, as IQL's and AWR's actors are) converges to the data's *average* action at each
+state, E[a|s]. For a tanh-Gaussian behaviour policy that average is not its mode tanh(mean): the noise
+is squashed before it is averaged. This script measures, on the training runs' evaluation seeds
+(10000 + i), the behaviour policy acting three ways:
+  sampled          as the dataset was collected;
+  mode             tanh(mean), its own deterministic action;
+  average action   E[a|s], estimated from --samples draws at every step: what cloning converges to.
+An offline method whose policy stays at the data's average action scores like the last row.
+"""
+
+import json
+from dataclasses import dataclass
+
+import flax.serialization
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import tyro
+
+from benchmarks.select_behavior import BEHAVIOR_DIR, sampling_policy
+from common.datasets import ENVS, REFERENCE_SCORES
+from common.evaluation import run_episodes
+from common.networks import TanhGaussianActor
+from common.training import EVAL_SEED
+
+
+@dataclass
+class Args:
+    env: str = "hopper"
+    policy: str = "medium"
+    """which behaviour policy: medium or expert"""
+    episodes: int = 100
+    samples: int = 512
+    """actions drawn per state to estimate the average action"""
+
+
+def main(args: Args):
+    if args.env not in ENVS:
+        raise SystemExit(f"error: unknown environment {args.env}; choose from {list(ENVS)}")
+    path = BEHAVIOR_DIR / args.env / f"{args.policy}.msgpack"
+    if not path.exists():
+        raise SystemExit(f"error: no behaviour policy at {path}; run benchmarks.select_behavior first")
+    env_id = ENVS[args.env]
+    env = gym.make(env_id)
+    actor = TanhGaussianActor(env.action_space.shape[0])
+    template = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, env.observation_space.shape[0])))
+    params = flax.serialization.from_bytes(template, path.read_bytes())
+
+    @jax.jit
+    def average_action(obs, key):
+        mean, log_std = actor.apply(params, obs)
+        noise = jax.random.normal(key, (args.samples, *mean.shape))
+        return jnp.tanh(mean + jnp.exp(log_std) * noise).mean(0)
+
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 100_000))
+    policies = {
+        "sampled": sampling_policy(actor, params),
+        "mode": jax.jit(lambda obs: jnp.tanh(actor.apply(params, obs)[0])),
+        "average action": lambda obs: average_action(obs, next(keys)),
+    }
+    refs = json.loads(REFERENCE_SCORES.read_text())[env_id]
+    normalize = lambda r: 100 * (r - refs["random"]) / (refs["expert"] - refs["random"])  # noqa: E731
+    print(f"{env_id}, {args.policy} behaviour policy, {args.episodes} episodes (seeds {EVAL_SEED} + i):")
+    for name, policy in policies.items():
+        returns = run_episodes(policy, env_id, args.episodes, EVAL_SEED)
+        print(f"  {name:15s} return {returns.mean():7.1f} ± {returns.std():6.1f}   normalized {normalize(returns.mean()):5.1f}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
