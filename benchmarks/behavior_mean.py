@@ -64,7 +64,7 @@ def main(args: Args):
         "average action": lambda obs: average_action(obs, next(keys)),
     }
     refs = json.loads(REFERENCE_SCORES.read_text())[env_id]
-    normalize = lambda r: 100 * (r - refs["random"]) / (refs["expert"] - refs["random"])  # noqa: E731
+    normalize = lambda r: 100 * (r - refs["random"]) / (refs["expert"] - refs["random"])
     print(f"{env_id}, {args.policy} behaviour policy, {args.episodes} episodes (seeds {EVAL_SEED} + i):")
     for name, policy in policies.items():
         returns = run_episodes(policy, env_id, args.episodes, EVAL_SEED)
