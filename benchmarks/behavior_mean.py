@@ -39,6 +39,12 @@ class Args:
     """actions drawn per state to estimate the average action"""
 
 
+def average_action(mean, log_std, key, samples: int):
+    """Monte Carlo estimate of E[tanh(u)], u ~ N(mean, exp(log_std)²): the tanh-Gaussian's average action."""
+    noise = jax.random.normal(key, (samples, *mean.shape))
+    return jnp.tanh(mean + jnp.exp(log_std) * noise).mean(0)
+
+
 def main(args: Args):
     if args.env not in ENVS:
         raise SystemExit(f"error: unknown environment {args.env}; choose from {list(ENVS)}")
@@ -51,17 +57,12 @@ def main(args: Args):
     template = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, env.observation_space.shape[0])))
     params = flax.serialization.from_bytes(template, path.read_bytes())
 
-    @jax.jit
-    def average_action(obs, key):
-        mean, log_std = actor.apply(params, obs)
-        noise = jax.random.normal(key, (args.samples, *mean.shape))
-        return jnp.tanh(mean + jnp.exp(log_std) * noise).mean(0)
-
+    average = jax.jit(lambda obs, key: average_action(*actor.apply(params, obs), key, args.samples))
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 100_000))
     policies = {
         "sampled": sampling_policy(actor, params),
         "mode": jax.jit(lambda obs: jnp.tanh(actor.apply(params, obs)[0])),
-        "average action": lambda obs: average_action(obs, next(keys)),
+        "average action": lambda obs: average(obs, next(keys)),
     }
     refs = json.loads(REFERENCE_SCORES.read_text())[env_id]
     normalize = lambda r: 100 * (r - refs["random"]) / (refs["expert"] - refs["random"])
