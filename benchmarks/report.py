@@ -6,7 +6,8 @@ For each dataset and each algorithm (or named variant): the normalized score at 
 (mean ± std over seeds), the best point of the seed-averaged learning curve, the dataset's own mean
 normalized return beside them, the wall time per run and the machine. One figure per dataset shows the
 score curves (mean over seeds, shaded ± one std); another shows each method's mean Q estimate, on a log
-scale, which is where plain offline TD3's divergence shows. A hand-written `results/{env_id}/NOTES.md`
+scale, which is where plain offline TD3's divergence shows (mean over seeds, shaded from the lowest seed to
+the highest). A hand-written `results/{env_id}/NOTES.md`
 (what the numbers mean, with evidence) is copied under its dataset's table.
 """
 
@@ -84,7 +85,9 @@ def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool 
             continue
         mean, std = values.mean(0), values.std(0)
         ax.plot(steps, mean, label=f"{name} ({len(values)} seeds)")
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        # On the log scale one diverged seed makes mean − std absurdly negative: shade the seeds' range there.
+        low, high = (values.min(0), values.max(0)) if log else (mean - std, mean + std)
+        ax.fill_between(steps, low, high, alpha=0.2)
     if data_mean is not None:
         ax.axhline(data_mean, color="gray", linestyle="--", label="dataset mean")
     if log:
@@ -140,7 +143,8 @@ def main(args: Args):
              "curve (optimistic: it picks a step after seeing the scores). Minutes per seed: a program's wall time",
              "(evaluations included) divided by the seeds it trained at once. Made by `python -m benchmarks.run`,",
              "written by `python -m benchmarks.report`. Stand-in datasets: not comparable with published D4RL numbers.",
-             "In the Q figures, IQL's values are in its scaled rewards (x 1000 / the data's return range).", ""]
+             "In the Q figures (mean over seeds, shaded from the lowest seed to the highest), IQL's values are in its",
+             "scaled rewards (x 1000 / the data's return range).", ""]
     readme = []
     for env_id in sorted({env for env, _ in cells}):
         rows = {name: summarize(records) for (env, name), records in sorted(cells.items()) if env == env_id}
