@@ -13,19 +13,16 @@ is squashed before it is averaged. This script measures, on the training runs' e
 An offline method whose policy stays at the data's average action scores like the last row.
 """
 
-import json
 from dataclasses import dataclass
 
-import flax.serialization
-import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import tyro
 
-from benchmarks.select_behavior import BEHAVIOR_DIR, sampling_policy
-from common.datasets import ENVS, REFERENCE_SCORES
+from benchmarks.make_datasets import load_behavior_actor
+from benchmarks.select_behavior import sampling_policy
+from common.datasets import ENVS, DatasetError, reference_scores
 from common.evaluation import run_episodes
-from common.networks import TanhGaussianActor
 from common.training import EVAL_SEED
 
 
@@ -48,14 +45,11 @@ def average_action(mean, log_std, key, samples: int):
 def main(args: Args):
     if args.env not in ENVS:
         raise SystemExit(f"error: unknown environment {args.env}; choose from {list(ENVS)}")
-    path = BEHAVIOR_DIR / args.env / f"{args.policy}.msgpack"
-    if not path.exists():
-        raise SystemExit(f"error: no behaviour policy at {path}; run benchmarks.select_behavior first")
+    try:
+        actor, params = load_behavior_actor(args.env, args.policy)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}") from None
     env_id = ENVS[args.env]
-    env = gym.make(env_id)
-    actor = TanhGaussianActor(env.action_space.shape[0])
-    template = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, env.observation_space.shape[0])))
-    params = flax.serialization.from_bytes(template, path.read_bytes())
 
     average = jax.jit(lambda obs, key: average_action(*actor.apply(params, obs), key, args.samples))
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 100_000))
@@ -64,8 +58,8 @@ def main(args: Args):
         "mode": jax.jit(lambda obs: jnp.tanh(actor.apply(params, obs)[0])),
         "average action": lambda obs: average(obs, next(keys)),
     }
-    refs = json.loads(REFERENCE_SCORES.read_text())[env_id]
-    normalize = lambda r: 100 * (r - refs["random"]) / (refs["expert"] - refs["random"])
+    low, high, _ = reference_scores({}, env_id)  # this project's random and expert returns
+    normalize = lambda r: 100 * (r - low) / (high - low)
     print(f"{env_id}, {args.policy} behaviour policy, {args.episodes} episodes (seeds {EVAL_SEED} + i):")
     for name, policy in policies.items():
         returns = run_episodes(policy, env_id, args.episodes, EVAL_SEED)

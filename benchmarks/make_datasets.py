@@ -41,6 +41,12 @@ def load_behavior_policy(env: str, quality: str):
     """The committed actor as a function (obs, key) -> sampled action, or None for `random`."""
     if quality == "random":
         return None
+    actor, params = load_behavior_actor(env, quality)
+    return jax.jit(lambda obs, key: sample_tanh_gaussian(*actor.apply(params, obs), key)[0])
+
+
+def load_behavior_actor(env: str, quality: str):
+    """The committed tanh-Gaussian actor of `env` ("expert" or "medium") and its parameters."""
     path = BEHAVIOR_DIR / env / f"{quality}.msgpack"
     if not path.exists():
         raise DatasetError(f"No behaviour policy at {path}: train one with `python -m benchmarks.train_behavior "
@@ -50,7 +56,7 @@ def load_behavior_policy(env: str, quality: str):
     actor = TanhGaussianActor(action_dim)
     params = flax.serialization.from_bytes(actor.init(jax.random.PRNGKey(0), jnp.zeros((1, obs_dim))),
                                            path.read_bytes())
-    return jax.jit(lambda obs, key: sample_tanh_gaussian(*actor.apply(params, obs), key)[0])
+    return actor, params
 
 
 def _dims(spec):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import behavior_mean
+from benchmarks import behavior_mean, make_datasets
 
 
 def test_average_action_is_the_mode_without_noise_and_shrinks_towards_zero_with_it():
@@ -27,6 +27,6 @@ def test_unknown_environment_is_refused():
 
 
 def test_missing_policy_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(behavior_mean, "BEHAVIOR_DIR", tmp_path)
-    with pytest.raises(SystemExit, match="error: no behaviour policy at .*hopper/medium.msgpack"):
+    monkeypatch.setattr(make_datasets, "BEHAVIOR_DIR", tmp_path)
+    with pytest.raises(SystemExit, match="error: No behaviour policy at .*hopper/medium.msgpack"):
         behavior_mean.main(behavior_mean.Args(env="hopper"))
