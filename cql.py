@@ -17,7 +17,9 @@ a soft maximum over actions) and raises it on the data, so the actor, which maxi
 Settings (the paper's, locomotion): N = 10, α_c = 5, lr 3e-4 (critic) and 1e-4 (actor, α), batch 256, no entropy
 in the backup, rewards not scaled. Deliberate deviations: 2 x 256 networks (paper: 3 x 256, --hidden-dims 256 256
 256); under --lagrange-threshold α_c replaces --cql-alpha, as in the paper's equation (the authors' code multiplies
-the two); no behaviour-cloning warm start of the actor; all losses read the networks from before the step.
+the two); all losses read the networks from before the step. The authors' code warm-starts the actor by behaviour
+cloning (40k updates in which log π(a | s) of the data's action stands in for min_j Q_j in L_π); here that is
+--bc-steps, off by default, which the paper does not mention.
 """
 
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ import optax
 import tyro
 
 from common.datasets import DatasetError, load_dataset
-from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian
+from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian, tanh_gaussian_log_prob
 from common.training import check_experiment_args, init_states, train_or_evaluate
 
 
@@ -64,6 +66,9 @@ class Args:
     """α_c, the weight of the conservative gap (the authors use 5 or 10 on locomotion; 0: plain offline SAC)"""
     lagrange_threshold: float | None = None
     """τ: learn α_c so that the gap stays near τ (overrides --cql-alpha); unset: α_c fixed"""
+    bc_steps: int = 0
+    """warm start: for this many updates the actor maximises the data's log-likelihood instead of Q (authors' code:
+    40000)"""
     num_sampled_actions: int = 10
     """N, actions drawn per state from each of the uniform, π(· | s) and π(· | s') proposals"""
     discount: float = 0.99
@@ -133,17 +138,21 @@ def make_cql(args: Args, obs_dim: int, action_dim: int) -> CQL:
     def sample_many(mean, log_std, key, num):  # num actions per state, from one forward pass of the actor
         return sample_tanh_gaussian(*(jnp.broadcast_to(x, (num, *x.shape)) for x in (mean, log_std)), key)
 
-    def actor_objective(actor_params, critic_params, obs, alpha, key):
-        mean, log_std = actor.apply(actor_params, obs)  # this forward also gives the critic's π(· | s) samples
+    def actor_objective(actor_params, critic_params, batch, alpha, key, updates_done):
+        mean, log_std = actor.apply(actor_params, batch["obs"])  # also gives the critic's π(· | s) samples
         action, log_prob = sample_tanh_gaussian(mean, log_std, key)
-        q = critic.apply(critic_params, obs, action).min(0)
+        q = critic.apply(critic_params, batch["obs"], action).min(0)
+        if args.bc_steps:  # warm start: the data's log-likelihood in place of Q, while the critic learns
+            data_log_prob = tanh_gaussian_log_prob(mean, log_std, batch["action"])
+            q = jnp.where(updates_done < args.bc_steps, data_log_prob, q)
         return actor_loss(log_prob, q, alpha), (mean, log_std, log_prob)
 
     def update(state: TrainState, batch):
         key, actor_key, next_key, uniform_key, policy_key = jax.random.split(state.key, 5)
         alpha = jnp.exp(state.log_alpha)
+        updates_done = optax.tree_utils.tree_get(state.actor_opt, "count")  # Adam counts the actor's updates
         (a_loss, (mean, log_std, log_prob)), grads = jax.value_and_grad(actor_objective, has_aux=True)(
-            state.actor, state.critic, batch["obs"], alpha, actor_key)
+            state.actor, state.critic, batch, alpha, actor_key, updates_done)
         updates, actor_opt_state = actor_opt.update(grads, state.actor_opt)
         actor_params = optax.apply_updates(state.actor, updates)
         alpha_loss, grads = jax.value_and_grad(temperature_loss)(state.log_alpha, log_prob, -action_dim)
@@ -218,6 +227,7 @@ def check_args(args: Args):
     check_experiment_args(
         args,
         (args.cql_alpha < 0, f"--cql-alpha must be >= 0, got {args.cql_alpha}"),
+        (args.bc_steps < 0, f"--bc-steps must be >= 0, got {args.bc_steps}"),
         (args.num_sampled_actions <= 0, f"--num-sampled-actions must be positive, got {args.num_sampled_actions}"),
     )
 

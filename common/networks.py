@@ -112,9 +112,19 @@ def gaussian_log_prob(mean, log_std, x):
     return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
 
 
+def tanh_log_det(u):
+    """log|d tanh(u)/du| = log(1 - tanh(u)^2), summed over the last axis, in a numerically stable form."""
+    return jnp.sum(2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u)), axis=-1)
+
+
 def sample_tanh_gaussian(mean, log_std, key):
     """Reparameterised sample a = tanh(u), u ~ N(mean, std), with log pi(a|s)."""
     u = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
-    # log|d tanh(u)/du| = log(1 - tanh(u)^2), written in a numerically stable form.
-    log_det = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
-    return jnp.tanh(u), gaussian_log_prob(mean, log_std, u) - jnp.sum(log_det, axis=-1)
+    return jnp.tanh(u), gaussian_log_prob(mean, log_std, u) - tanh_log_det(u)
+
+
+def tanh_gaussian_log_prob(mean, log_std, action, bound=1 - 1e-6):
+    """log pi(a|s) of a given action, e.g. the dataset's. Actions are clipped just inside (-1, 1), where atanh
+    is finite: data recorded at the bounds would otherwise score -inf."""
+    u = jnp.arctanh(jnp.clip(action, -bound, bound))
+    return gaussian_log_prob(mean, log_std, u) - tanh_log_det(u)

@@ -73,6 +73,15 @@ def test_lagrange_multiplier_grows_while_the_gap_exceeds_the_threshold(gap, thre
     assert np.sign(-float(grad)) == direction and float(grad_gap) == 0.0
 
 
+def test_tanh_gaussian_log_prob_is_the_change_of_variables_and_finite_at_the_bounds():
+    mean, log_std, action = np.array([[0.3, -1.0]]), np.array([[-0.5, 0.2]]), np.array([[0.6, -0.95]])
+    u, std = np.arctanh(action), np.exp(log_std)
+    expected = np.sum(-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi) - np.log(1 - action**2))
+    np.testing.assert_allclose(cql.tanh_gaussian_log_prob(mean, log_std, action), [expected], rtol=1e-5)
+    at_bounds = cql.tanh_gaussian_log_prob(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.array([[1.0, -1.0]]))
+    assert np.isfinite(at_bounds).all()
+
+
 # ---- the update -------------------------------------------------------------------------------
 
 @functools.cache
@@ -99,6 +108,23 @@ def test_actor_and_critic_steps_are_independent():
     assert_trees_differ(after.actor, other_alpha.actor)
     other_actor, _ = agent.update(state._replace(actor=agent.init(jax.random.PRNGKey(1)).actor), batch)
     assert_trees_differ(after.critic, other_actor.critic)  # but π's samples enter the target and the CQL term
+
+
+def test_warm_start_clones_the_data_then_hands_the_actor_to_the_critic():
+    _, agent, batch = small_cql(bc_steps=2, actor_lr=1e-3)
+    state = agent.init(jax.random.PRNGKey(0))._replace(log_alpha=jnp.float32(-20.0))  # α ≈ 0: only the BC term
+    other_critic = agent.init(jax.random.PRNGKey(1)).critic
+    after, _ = agent.update(state, batch)
+    assert_trees_equal(after.actor, agent.update(state._replace(critic=other_critic), batch)[0].actor)
+
+    def data_log_likelihood(s):
+        return float(cql.tanh_gaussian_log_prob(*cql.TanhGaussianActor(2, (32, 32)).apply(s.actor, batch["obs"]),
+                                                batch["action"]).mean())
+    assert data_log_likelihood(after) > data_log_likelihood(state)
+
+    second, _ = agent.update(after, batch)
+    after_warm_start, _ = agent.update(second, batch)  # the third update: Q drives the actor again
+    assert_trees_differ(after_warm_start.actor, agent.update(second._replace(critic=other_critic), batch)[0].actor)
 
 
 def test_the_multiplier_moves_only_with_a_threshold_and_in_the_right_direction():
@@ -172,10 +198,9 @@ def test_cli_trains_saves_and_evaluates_its_checkpoint(tiny_hopper, tmp_path):
     assert line in again.stdout  # deterministic policy, same start states: the same line, without the form's flags
 
 
-
-
 @pytest.mark.parametrize("args, message", [
     (["--cql-alpha", "-1"], "--cql-alpha must be >= 0"),
+    (["--bc-steps", "-1"], "--bc-steps must be >= 0"),
     (["--num-sampled-actions", "0"], "--num-sampled-actions must be positive"),
     (["--cql-form", "lse"], "invalid choice 'lse' for argument '--cql-form'"),
 ])
