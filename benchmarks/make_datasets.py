@@ -29,11 +29,11 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
+from benchmarks.train_behavior import BEHAVIOR_DIR
 from common.datasets import (CACHE_FILE, ENVS, REFERENCE_SCORES, STANDIN_NAMESPACE, DatasetError, load_dataset,
                              resolve_name)
 from common.networks import TanhGaussianActor, sample_tanh_gaussian
 
-BEHAVIOR_DIR = Path(__file__).parent / "behavior"
 SUMMARY = Path(__file__).parent / "datasets.md"
 
 
@@ -50,7 +50,8 @@ def load_behavior_actor(env: str, quality: str):
     path = BEHAVIOR_DIR / env / f"{quality}.msgpack"
     if not path.exists():
         raise DatasetError(f"No behaviour policy at {path}: train one with `python -m benchmarks.train_behavior "
-                           f"--env {env}` and pick checkpoints with `python -m benchmarks.select_behavior --env {env}`.")
+                           f"--env {env}` and pick checkpoints with "
+                           f"`python -m benchmarks.select_behavior --env {env}`.")
     spec = gym.spec(ENVS[env])
     obs_dim, action_dim = _dims(spec)
     actor = TanhGaussianActor(action_dim)
@@ -67,7 +68,8 @@ def _dims(spec):
 
 
 def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, force: bool = False):
-    """Collect `num_steps` transitions into the local Minari store as `dataset_id` (offrl-standin/<env>/<quality>-v0)."""
+    """Collect `num_steps` transitions into the local Minari store as `dataset_id`
+    (offrl-standin/<env>/<quality>-v0)."""
     import minari
     from minari.storage import get_dataset_path
 

@@ -27,11 +27,11 @@ import numpy as np
 import tyro
 
 from benchmarks.speed import machine
+from benchmarks.train_behavior import BEHAVIOR_DIR
 from common.datasets import ENVS, REFERENCE_SCORES
 from common.evaluation import run_episodes
 from common.networks import TanhGaussianActor, sample_tanh_gaussian
 
-BEHAVIOR_DIR = Path(__file__).parent / "behavior"
 EXPERT_FLOORS = {"hopper": 3000, "halfcheetah": 9000, "walker2d": 4000}
 EVAL_SEED = 20_000
 
@@ -104,7 +104,8 @@ def main(args: Args):
         raise SystemExit("no checkpoint scores between 30 and 60: save checkpoints more often and run again")
 
     # For reference only (the data are collected with sampled actions): the same policies acting on their mean.
-    deterministic = {name: measure(jax.jit(lambda o, p=load(step): jnp.tanh(actor.apply(p, o)[0])), env_id, args.episodes)
+    deterministic = {name: measure(jax.jit(lambda o, p=load(step): jnp.tanh(actor.apply(p, o)[0])), env_id,
+                                   args.episodes)
                      for name, step in (("expert", expert_step), ("medium", medium_step))}
     shutil.copy(run_dir / "checkpoints" / f"actor_{expert_step:07d}.msgpack", run_dir / "expert.msgpack")
     shutil.copy(run_dir / "checkpoints" / f"actor_{medium_step:07d}.msgpack", run_dir / "medium.msgpack")
@@ -147,7 +148,8 @@ def write_table(behavior_dir: Path):
         "with `python -m benchmarks.select_behavior --env ENV`, which also measured this table:\n"
         "undiscounted return, mean ± std over 100 episodes (seeds 20000 + i), actions sampled from the policy\n"
         "(\"mean action\": the same policy acting deterministically, for reference only).\n\n"
-        "| environment | random | medium | expert | expert floor | training |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        "| environment | random | medium | expert | expert floor | training |\n|---|---|---|---|---|---|\n"
+        + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
