@@ -6,6 +6,8 @@ Replays the policy's evaluation episodes (the training runs' seeds, 10000 + i) a
 return, length and ending (terminated, or cut by the time limit), then compares the states it visits with
 the dataset's: for each observation dimension, the share of visited states outside the data's 0.1–99.9
 percentile range. A policy that leaves the data's states has left what its critic was trained on.
+Last, on the data's own states, how far its actions are from the data's (root mean square per dimension):
+a policy that stays close to the data's behaviour stays near the spread of the data's own actions.
 A checkpoint of several seeds (--num-seeds) is read seed by seed.
 """
 
@@ -46,6 +48,12 @@ def episode(policy, env_spec, seed: int):
     return np.array(states), total, "terminated" if terminated else "time limit"
 
 
+def action_gap(policy, data, num_states: int = 10_000, seed: int = 0) -> float:
+    """RMS of policy(s) − a over (s, a) drawn from the data (all of it, if smaller), per action dimension."""
+    rows = np.random.default_rng(seed).permutation(len(data.obs))[:num_states]
+    return float(np.sqrt(np.mean((np.asarray(policy(data.obs[rows])) - data.action[rows]) ** 2)))
+
+
 def main(args: Args):
     if args.algo not in MAKERS:
         raise SystemExit(f"error: unknown algorithm {args.algo}; choose from {list(MAKERS)}")
@@ -63,7 +71,10 @@ def main(args: Args):
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     low, high = np.percentile(data.obs, [0.1, 99.9], axis=0)
-    outside = lambda x: (x < low) | (x > high)
+
+    def outside(x):
+        return (x < low) | (x > high)
+
     print(f"data: {len(data.episode_returns)} episodes; share of its own states outside [0.1, 99.9] is 0.2% "
           f"per dimension by construction")
     for i, seed in enumerate(seeds):
@@ -80,6 +91,9 @@ def main(args: Args):
         top = np.argsort(share)[::-1][:4]
         print("  visited states outside the data's range, by dimension: "
               + ", ".join(f"dim {d}: {100 * share[d]:.1f}%" for d in top))
+        gap = action_gap(lambda o: agent.policy(state, o), data)  # noqa: B023 (used at once)
+        print(f"  on the data's states, its actions differ from the data's by {gap:.3f} (RMS per dimension; the "
+              f"best action that ignores the state: {np.sqrt(data.action.var(0).mean()):.3f})")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def test_cli_trains_two_seeds_logs_each_and_evaluates_the_checkpoint(tiny_hopper
     assert diagnosis.returncode == 0, diagnosis.stderr
     assert "seed 6 (update 200):" in diagnosis.stdout and "  episode 1: return" in diagnosis.stdout
     assert "visited states outside the data's range, by dimension: dim" in diagnosis.stdout
+    assert "on the data's states, its actions differ from the data's by" in diagnosis.stdout
 
     single = run_script("iql.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint",
                         str(run_dir / "final.msgpack"), *CLI_SMALL, cwd=tmp_path)
