@@ -6,8 +6,11 @@ Replays the policy's evaluation episodes (the training runs' seeds, 10000 + i) a
 return, length and ending (terminated, or cut by the time limit), then compares the states it visits with
 the dataset's: for each observation dimension, the share of visited states outside the data's 0.1–99.9
 percentile range. A policy that leaves the data's states has left what its critic was trained on.
-Last, on the data's own states, how far its actions are from the data's (root mean square per dimension):
+On the data's own states, how far its actions are from the data's (root mean square per dimension):
 a policy that stays close to the data's behaviour stays near the spread of the data's own actions.
+Last, for the critics that evaluate the learned policy (TD3+BC, AWR, CQL; IQL's Q is the data's in-sample
+value), what the critic expects along the policy's own episodes, min_i Q_i(s_t, π(s_t)), against the
+discounted return that actually followed: a critic far above it has been fooled by actions the data lacks.
 A checkpoint of several seeds (--num-seeds) is read seed by seed.
 """
 
@@ -25,6 +28,7 @@ import tyro
 from benchmarks.speed import MAKERS
 from common.datasets import load_dataset
 from common.logger import load_checkpoint
+from common.networks import TwinCritic
 from common.training import EVAL_SEED, init_states
 
 
@@ -40,18 +44,38 @@ class Args:
 def episode(policy, env_spec, seed: int):
     env = gym.make(env_spec)
     obs, _ = env.reset(seed=seed)
-    states, total, terminated, truncated = [obs], 0.0, False, False
+    states, rewards, terminated, truncated = [obs], [], False, False
     while not (terminated or truncated):
         obs, reward, terminated, truncated, _ = env.step(np.asarray(policy(obs[None].astype(np.float32)))[0])
         states.append(obs)
-        total += reward
-    return np.array(states), total, "terminated" if terminated else "time limit"
+        rewards.append(reward)
+    return np.array(states), np.array(rewards), "terminated" if terminated else "time limit"
 
 
 def action_gap(policy, data, num_states: int = 10_000, seed: int = 0) -> float:
     """RMS of policy(s) − a over (s, a) drawn from the data (all of it, if smaller), per action dimension."""
     rows = np.random.default_rng(seed).permutation(len(data.obs))[:num_states]
     return float(np.sqrt(np.mean((np.asarray(policy(data.obs[rows])) - data.action[rows]) ** 2)))
+
+
+def returns_to_go(rewards, discount: float, ending: str, horizon: int = 300):
+    """Discounted return from each step on. After a time-limit cut the true value is unknown, so the last
+    `horizon` steps are dropped there (0.99^300 < 5%: what was cut off weighs little before them)."""
+    returns = np.zeros(len(rewards))
+    future = 0.0
+    for t in reversed(range(len(rewards))):
+        future = rewards[t] + discount * future
+        returns[t] = future
+    return returns if ending == "terminated" else returns[:max(len(rewards) - horizon, 0)]
+
+
+def policy_q(algo: str, state, hidden_dims):
+    """(obs, action) -> min over the twin critics, for the algorithms whose critic evaluates the learned policy."""
+    if algo == "iql":
+        return None
+    critic = TwinCritic(hidden_dims)
+    normalize = (lambda o: (o - state.obs_mean) / state.obs_std) if algo == "td3_bc" else (lambda o: o)
+    return jax.jit(lambda obs, action: critic.apply(state.critic, normalize(obs), action).min(0))
 
 
 def main(args: Args):
@@ -79,14 +103,19 @@ def main(args: Args):
           f"per dimension by construction")
     for i, seed in enumerate(seeds):
         state = jax.tree.map(lambda x: x[i], states) if len(seeds) > 1 else states  # noqa: B023 (used at once)
-        visited = []
+        visited, expected, achieved = [], [], []
+        q = policy_q(args.algo, state, args.hidden_dims)
         print(f"seed {seed} (update {meta['step']}):")
         for j in range(args.episodes):
-            obs, total, ending = episode(lambda o: agent.policy(state, o), data.env_spec, EVAL_SEED + j)  # noqa: B023
+            obs, rewards, ending = episode(lambda o: agent.policy(state, o), data.env_spec, EVAL_SEED + j)  # noqa: B023
             visited.append(obs)
             far = np.flatnonzero(outside(obs[-1]))
-            print(f"  episode {j}: return {total:7.1f}, {len(obs) - 1:4d} steps, {ending}; "
+            print(f"  episode {j}: return {rewards.sum():7.1f}, {len(rewards):4d} steps, {ending}; "
                   f"final state outside the data's range in dimensions {far.tolist()}")
+            if q is not None:
+                achieved.append(returns_to_go(rewards, script_args.discount, ending))
+                acted_on = obs[:len(achieved[-1])].astype(np.float32)
+                expected.append(np.asarray(q(acted_on, agent.policy(state, acted_on))))
         share = outside(np.concatenate(visited)).mean(0)
         top = np.argsort(share)[::-1][:4]
         print("  visited states outside the data's range, by dimension: "
@@ -94,6 +123,10 @@ def main(args: Args):
         gap = action_gap(lambda o: agent.policy(state, o), data)  # noqa: B023 (used at once)
         print(f"  on the data's states, its actions differ from the data's by {gap:.3f} (RMS per dimension; the "
               f"best action that ignores the state: {np.sqrt(data.action.var(0).mean()):.3f})")
+        if q is not None:
+            expected, achieved = np.concatenate(expected), np.concatenate(achieved)
+            print(f"  along these episodes its critic expects {expected.mean():.1f} (mean min_i Q_i(s_t, π(s_t))); "
+                  f"the discounted return that followed: {achieved.mean():.1f} ({len(achieved)} states)")
 
 
 if __name__ == "__main__":

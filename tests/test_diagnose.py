@@ -1,6 +1,7 @@
-"""benchmarks/diagnose.py: refuses what it cannot read in one line, and measures actions against the data's
-(its replay is run in test_many_seeds)."""
+"""benchmarks/diagnose.py: refuses what it cannot read in one line, measures actions against the data's, and
+reads a critic's value against the returns that followed (its replay is run in test_many_seeds and test_td3_bc)."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,3 +25,25 @@ def test_action_gap_is_the_rms_difference_from_the_data_actions():
         action = np.array([[0.5, -0.5], [1.0, 0.0], [0.0, 0.0], [-1.0, 1.0]], dtype=np.float32)
     assert diagnose.action_gap(lambda obs: np.zeros((len(obs), 2)), Data) == pytest.approx(np.sqrt(3.5 / 8))
     assert diagnose.action_gap(lambda obs: Data.action[(obs[:, 0] // 2).astype(int)], Data) == 0.0
+
+
+def test_returns_to_go_are_discounted_and_drop_the_unknown_tail_of_a_cut_episode():
+    rewards = np.array([1.0, 1.0, 1.0])
+    np.testing.assert_allclose(diagnose.returns_to_go(rewards, 0.5, "terminated"), [1.75, 1.5, 1.0])
+    np.testing.assert_allclose(diagnose.returns_to_go(rewards, 0.5, "time limit", horizon=1), [1.75, 1.5])
+    assert len(diagnose.returns_to_go(rewards, 0.5, "time limit", horizon=5)) == 0
+
+
+def test_policy_q_reads_the_critic_as_it_was_trained():
+    from td3_bc import TrainState
+
+    critic = diagnose.TwinCritic((8,))
+    obs, action = np.array([[1.0, 3.0], [5.0, -1.0]], np.float32), np.array([[0.2], [-0.4]], np.float32)
+    params = critic.init(jax.random.PRNGKey(0), obs, action)
+    mean, std = np.array([2.0, 1.0], np.float32), np.array([4.0, 0.5], np.float32)
+    state = TrainState(params, None, None, None, None, None, None, mean, std, None)
+    twins = np.asarray(critic.apply(params, (obs - mean) / std, action))  # TD3+BC's critic saw normalized states
+    np.testing.assert_allclose(diagnose.policy_q("td3_bc", state, (8,))(obs, action), twins.min(0), rtol=1e-6)
+    twins = np.asarray(critic.apply(params, obs, action))  # CQL's saw raw ones
+    np.testing.assert_allclose(diagnose.policy_q("cql", state, (8,))(obs, action), twins.min(0), rtol=1e-6)
+    assert diagnose.policy_q("iql", state, (8,)) is None  # its Q is the data's value, not the policy's

@@ -136,7 +136,7 @@ def test_same_seed_same_losses():
 CLI_SMALL = ["--hidden-dims", "32", "32", "--batch-size", "32", "--log-every", "100", "--eval-episodes", "2"]
 
 
-def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tmp_path):
+def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tmp_path, capsys):
     out = run_script("td3_bc.py", "--env-id", tiny_hopper, "--total-steps", "300", "--eval-every", "300",
                      "--save-every", "200", *CLI_SMALL, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -161,6 +161,11 @@ def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tm
                        str(run_dir / "final.msgpack"), *CLI_SMALL, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert line in again.stdout  # deterministic policy, same start states, same statistics: the same line
+
+    from benchmarks import diagnose
+
+    diagnose.main(diagnose.Args("td3_bc", run_dir / "final.msgpack", episodes=1, hidden_dims=(32, 32)))
+    assert "along these episodes its critic expects" in capsys.readouterr().out
 
 
 
