@@ -168,8 +168,6 @@ def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tm
     assert "along these episodes its critic expects" in capsys.readouterr().out
 
 
-
-
 @pytest.mark.parametrize("args, message", [
     (["--alpha", "-1"], "--alpha must be >= 0"),
     (["--policy-delay", "0"], "--policy-delay must be positive"),
