@@ -10,7 +10,8 @@ On the data's own states, how far its actions are from the data's (root mean squ
 a policy that stays close to the data's behaviour stays near the spread of the data's own actions.
 Last, for the critics that evaluate the learned policy (TD3+BC, AWR, CQL; IQL's Q is the data's in-sample
 value), what the critic expects along the policy's own episodes, min_i Q_i(s_t, π(s_t)), against the
-discounted return that actually followed: a critic far above it has been fooled by actions the data lacks.
+discounted return that actually followed: a critic far above it has been fooled by actions the data lacks;
+and on the data's states, how far above the data's own actions the critic rates the policy's.
 A checkpoint of several seeds (--num-seeds) is read seed by seed.
 """
 
@@ -52,10 +53,24 @@ def episode(policy, env_spec, seed: int):
     return np.array(states), np.array(rewards), "terminated" if terminated else "time limit"
 
 
-def action_gap(policy, data, num_states: int = 10_000, seed: int = 0) -> float:
-    """RMS of policy(s) − a over (s, a) drawn from the data (all of it, if smaller), per action dimension."""
+def data_rows(data, num_states: int = 10_000, seed: int = 0):
+    """The (s, a) pairs both data comparisons use: num_states of them drawn at random (all, if fewer)."""
     rows = np.random.default_rng(seed).permutation(len(data.obs))[:num_states]
-    return float(np.sqrt(np.mean((np.asarray(policy(data.obs[rows])) - data.action[rows]) ** 2)))
+    return data.obs[rows], data.action[rows]
+
+
+def action_gap(policy, data) -> float:
+    """RMS of policy(s) − a over (s, a) drawn from the data, per action dimension."""
+    obs, action = data_rows(data)
+    return float(np.sqrt(np.mean((np.asarray(policy(obs)) - action) ** 2)))
+
+
+def critic_preference(policy, q, data) -> tuple[float, float]:
+    """How much better than the data's own actions the critic rates the policy's, on the data's states:
+    mean Q(s, π(s)) − Q(s, a), and the share of states where it rates π(s) higher."""
+    obs, action = data_rows(data)
+    gain = np.asarray(q(obs, policy(obs))) - np.asarray(q(obs, action))
+    return float(gain.mean()), float((gain > 0).mean())
 
 
 def returns_to_go(rewards, discount: float, ending: str, horizon: int = 300):
@@ -124,6 +139,9 @@ def main(args: Args):
         print(f"  on the data's states, its actions differ from the data's by {gap:.3f} (RMS per dimension; the "
               f"best action that ignores the state: {np.sqrt(data.action.var(0).mean()):.3f})")
         if q is not None:
+            gain, share = critic_preference(lambda o: agent.policy(state, o), q, data)  # noqa: B023 (used at once)
+            print(f"  on the data's states, its critic rates its actions {gain:+.2f} above the data's own (mean "
+                  f"Q(s, π(s)) − Q(s, a); higher at {100 * share:.0f}% of them): the improvement it believes in")
             expected, achieved = np.concatenate(expected), np.concatenate(achieved)
             print(f"  along these episodes its critic expects {expected.mean():.1f} (mean min_i Q_i(s_t, π(s_t))); "
                   f"the discounted return that followed: {achieved.mean():.1f} ({len(achieved)} states)")

@@ -27,6 +27,20 @@ def test_action_gap_is_the_rms_difference_from_the_data_actions():
     assert diagnose.action_gap(lambda obs: Data.action[(obs[:, 0] // 2).astype(int)], Data) == 0.0
 
 
+def test_critic_preference_compares_q_at_the_policy_action_with_q_at_the_data_action():
+    class Data:
+        obs = np.zeros((4, 1), np.float32)
+        action = np.array([[0.0], [0.5], [-0.5], [1.0]], np.float32)
+
+    def q(obs, action):  # best at action 0.5
+        return -((action[:, 0] - 0.5) ** 2)
+
+    gain, share = diagnose.critic_preference(lambda obs: np.full((len(obs), 1), 0.5), q, Data)
+    assert gain == pytest.approx((0.25 + 0 + 1 + 0.25) / 4) and share == 0.75  # a tie is not higher
+    gain, share = diagnose.critic_preference(lambda obs: np.full((len(obs), 1), -1.0), q, Data)
+    assert gain < 0 and share == 0.0
+
+
 def test_returns_to_go_are_discounted_and_drop_the_unknown_tail_of_a_cut_episode():
     rewards = np.array([1.0, 1.0, 1.0])
     np.testing.assert_allclose(diagnose.returns_to_go(rewards, 0.5, "terminated"), [1.75, 1.5, 1.0])
