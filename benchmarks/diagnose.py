@@ -53,23 +53,21 @@ def episode(policy, env_spec, seed: int):
     return np.array(states), np.array(rewards), "terminated" if terminated else "time limit"
 
 
-def data_rows(data, num_states: int = 10_000, seed: int = 0):
-    """The (s, a) pairs both data comparisons use: num_states of them drawn at random (all, if fewer)."""
+def data_sample(data, num_states: int = 10_000, seed: int = 0):
+    """(s, a) pairs drawn at random from the data (all of them, if fewer), for comparing the policy with it."""
     rows = np.random.default_rng(seed).permutation(len(data.obs))[:num_states]
     return data.obs[rows], data.action[rows]
 
 
-def action_gap(policy, data) -> float:
-    """RMS of policy(s) − a over (s, a) drawn from the data, per action dimension."""
-    obs, action = data_rows(data)
-    return float(np.sqrt(np.mean((np.asarray(policy(obs)) - action) ** 2)))
+def action_gap(policy_action, data_action) -> float:
+    """RMS of π(s) − a over the data's (s, a) pairs, per action dimension."""
+    return float(np.sqrt(np.mean((policy_action - data_action) ** 2)))
 
 
-def critic_preference(policy, q, data) -> tuple[float, float]:
+def critic_preference(q, obs, policy_action, data_action) -> tuple[float, float]:
     """How much better than the data's own actions the critic rates the policy's, on the data's states:
     mean Q(s, π(s)) − Q(s, a), and the share of states where it rates π(s) higher."""
-    obs, action = data_rows(data)
-    gain = np.asarray(q(obs, policy(obs))) - np.asarray(q(obs, action))
+    gain = np.asarray(q(obs, policy_action)) - np.asarray(q(obs, data_action))
     return float(gain.mean()), float((gain > 0).mean())
 
 
@@ -116,6 +114,7 @@ def main(args: Args):
 
     print(f"data: {len(data.episode_returns)} episodes; share of its own states outside [0.1, 99.9] is 0.2% "
           f"per dimension by construction")
+    sample_obs, sample_action = data_sample(data)  # the same pairs for every seed
     for i, seed in enumerate(seeds):
         state = jax.tree.map(lambda x: x[i], states) if len(seeds) > 1 else states  # noqa: B023 (used at once)
         visited, expected, achieved = [], [], []
@@ -135,11 +134,12 @@ def main(args: Args):
         top = np.argsort(share)[::-1][:4]
         print("  visited states outside the data's range, by dimension: "
               + ", ".join(f"dim {d}: {100 * share[d]:.1f}%" for d in top))
-        gap = action_gap(lambda o: agent.policy(state, o), data)  # noqa: B023 (used at once)
+        acted = np.asarray(agent.policy(state, sample_obs))
+        gap = action_gap(acted, sample_action)
         print(f"  on the data's states, its actions differ from the data's by {gap:.3f} (RMS per dimension; the "
               f"best action that ignores the state: {np.sqrt(data.action.var(0).mean()):.3f})")
         if q is not None:
-            gain, share = critic_preference(lambda o: agent.policy(state, o), q, data)  # noqa: B023 (used at once)
+            gain, share = critic_preference(q, sample_obs, acted, sample_action)
             print(f"  on the data's states, its critic rates its actions {gain:+.2f} above the data's own (mean "
                   f"Q(s, π(s)) − Q(s, a); higher at {100 * share:.0f}% of them): the improvement it believes in")
             expected, achieved = np.concatenate(expected), np.concatenate(achieved)

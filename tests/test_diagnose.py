@@ -20,24 +20,33 @@ def test_unknown_algorithm_is_refused(tmp_path):
 
 
 def test_action_gap_is_the_rms_difference_from_the_data_actions():
+    action = np.array([[0.5, -0.5], [1.0, 0.0], [0.0, 0.0], [-1.0, 1.0]], dtype=np.float32)
+    assert diagnose.action_gap(np.zeros((4, 2)), action) == pytest.approx(np.sqrt(3.5 / 8))
+    assert diagnose.action_gap(action, action) == 0.0
+
+
+def test_data_sample_keeps_each_state_with_its_action():
     class Data:
         obs = np.arange(8, dtype=np.float32).reshape(4, 2)
-        action = np.array([[0.5, -0.5], [1.0, 0.0], [0.0, 0.0], [-1.0, 1.0]], dtype=np.float32)
-    assert diagnose.action_gap(lambda obs: np.zeros((len(obs), 2)), Data) == pytest.approx(np.sqrt(3.5 / 8))
-    assert diagnose.action_gap(lambda obs: Data.action[(obs[:, 0] // 2).astype(int)], Data) == 0.0
+        action = np.arange(4, dtype=np.float32)[:, None]
+
+    obs, action = diagnose.data_sample(Data, num_states=3)
+    assert len(obs) == 3 and len(set(action[:, 0])) == 3
+    np.testing.assert_array_equal(obs[:, 0] // 2, action[:, 0])
+    obs, action = diagnose.data_sample(Data)  # fewer than asked: all of them
+    assert sorted(action[:, 0]) == [0, 1, 2, 3]
 
 
 def test_critic_preference_compares_q_at_the_policy_action_with_q_at_the_data_action():
-    class Data:
-        obs = np.zeros((4, 1), np.float32)
-        action = np.array([[0.0], [0.5], [-0.5], [1.0]], np.float32)
+    obs = np.zeros((4, 1), np.float32)
+    action = np.array([[0.0], [0.5], [-0.5], [1.0]], np.float32)
 
     def q(obs, action):  # best at action 0.5
         return -((action[:, 0] - 0.5) ** 2)
 
-    gain, share = diagnose.critic_preference(lambda obs: np.full((len(obs), 1), 0.5), q, Data)
+    gain, share = diagnose.critic_preference(q, obs, np.full((4, 1), 0.5), action)
     assert gain == pytest.approx((0.25 + 0 + 1 + 0.25) / 4) and share == 0.75  # a tie is not higher
-    gain, share = diagnose.critic_preference(lambda obs: np.full((len(obs), 1), -1.0), q, Data)
+    gain, share = diagnose.critic_preference(q, obs, np.full((4, 1), -1.0), action)
     assert gain < 0 and share == 0.0
 
 
