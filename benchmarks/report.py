@@ -84,7 +84,7 @@ def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool 
         if env != env_id or not values.size:
             continue
         mean, std = values.mean(0), values.std(0)
-        ax.plot(steps, mean, label=f"{name} ({len(values)} seeds)")
+        ax.plot(steps, mean, label=f"{name} ({len(values)} seed{'s' if len(values) > 1 else ''})")
         # On the log scale one diverged seed makes mean − std absurdly negative: shade the seeds' range there.
         low, high = (values.min(0), values.max(0)) if log else (mean - std, mean + std)
         ax.fill_between(steps, low, high, alpha=0.2)
