@@ -8,8 +8,10 @@
   medium/expert  actions sampled from the committed SAC behaviour policies in benchmarks/behavior/<env>/
   medium-expert  the medium and expert datasets, combined (twice the steps, as in D4RL)
 
-Data lands in the local Minari store under the offrl-standin/ namespace. The same seed rebuilds
-identical data: episode i starts from reset(seed=seed + i) and the policy's noise comes from one key.
+Data lands in the local Minari store under the offrl-standin/ namespace. Episode i starts from
+reset(seed=seed + i) and the policy's noise comes from one key, so the same seed rebuilds the same data on
+the same kind of machine. On another CPU the policy's arithmetic can differ in the last bits and the
+trajectories drift apart: a rebuild keeps the episode count and the statistics, not the bits.
 """
 
 import json
@@ -181,7 +183,9 @@ def write_summary():
         "medium-expert is medium + expert) and tabulated with `python -m benchmarks.make_datasets --summary`\n"
         f"on {machine()}. Returns are undiscounted episode returns; the normalized score uses the dataset's own "
         "reference scores. The last two columns are `load_dataset` in a fresh process, wall time and peak RSS: the "
-        "first load reads every episode and caches flat arrays beside the data; later loads read that cache.\n\n"
+        "first load reads every episode and caches flat arrays beside the data; later loads read that cache. "
+        "A rebuild on another kind of machine keeps the episode count and these statistics, not the bits "
+        "(the policy's arithmetic differs in the last bits there, and the trajectories drift apart).\n\n"
         "| dataset | episodes | steps | mean return | min | max | mean normalized score | first load | later loads |\n"
         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     print(SUMMARY.read_text())

@@ -13,7 +13,7 @@ the highest). A hand-written `results/{env_id}/NOTES.md`
 
 import csv
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,12 +62,19 @@ def seed_curves(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(steps), values
 
 
+def short_machine(machine: str) -> str:
+    """The accelerator if there was one ("NVIDIA H100 80GB HBM3 with <cpu>, jax x"), else the CPU."""
+    return machine.split(" with ")[0] if " with " in machine else machine.split(", jax")[0]
+
+
 def summarize(records: list[dict]) -> dict:
     steps, scores = seed_curves(records, "charts/normalized_score")
     finished = [r for r in records if r["outcome"] == "finished"]
     row = {"seeds": len(records), "total_steps": records[0]["total_steps"],
            "failed": [f"seed {r['seed']}: {r['outcome']}" for r in records if r["outcome"] != "finished"],
-           "wall_min": np.mean([r["wall_s"] / r.get("seeds_in_program", 1) for r in finished]) / 60 if finished else None,
+           "wall_min": (np.mean([r["wall_s"] / r.get("seeds_in_program", 1) for r in finished]) / 60
+                        if finished else None),
+           "machine": ", ".join(sorted({short_machine(r["machine"]) for r in records})),
            "dataset": next((r["dataset"] for r in records if r.get("dataset")), None)}
     if scores.size:
         final = scores[:, -1]
@@ -113,14 +120,19 @@ def fmt(pair) -> str:
 
 
 def score_table(rows: dict) -> list[str]:
-    lines = ["| method | updates | seeds | final | best (at update) | minutes per seed |", "|---|---|---|---|---|---|"]
+    lines = ["| method | updates | seeds | final | best (at update) | minutes per seed | machine |",
+             "|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         best = f"{fmt(row.get('best'))} ({row['best_step']})" if row.get("best") else "–"
         wall = f"{row['wall_min']:.0f}" if row["wall_min"] is not None else "–"
-        lines.append(f"| {name} | {row['total_steps']} | {row['seeds']} | {fmt(row.get('final'))} | {best} | {wall} |")
-    most = max(row["total_steps"] for row in rows.values())
-    shorter = [f"- {name}: {row['total_steps']} updates where others have {most}, to fit the machine's time "
-               f"(its cost per update: `benchmarks/speed.md`)" for name, row in rows.items() if row["total_steps"] < most]
+        lines.append(f"| {name} | {row['total_steps']} | {row['seeds']} | {fmt(row.get('final'))} | {best} | {wall} "
+                     f"| {row['machine']} |")
+    # The grid's budget is the update count most rows share (ties: the larger); say why a row has fewer.
+    counts = Counter(row["total_steps"] for row in rows.values())
+    usual = max(counts, key=lambda steps: (counts[steps], steps))
+    shorter = [f"- {name}: {row['total_steps']} updates where the others have {usual}, to fit the machine's time "
+               f"(its cost per update: `benchmarks/speed.md`)"
+               for name, row in rows.items() if row["total_steps"] < usual]
     return lines + [f"- {name}: " + "; ".join(row["failed"]) for name, row in rows.items() if row["failed"]] + shorter
 
 
@@ -151,7 +163,8 @@ def main(args: Args):
         dataset = next((row["dataset"] for row in rows.values() if row["dataset"]), None)
         data_line = "" if not dataset else (
             f"Data: `{dataset['dataset_id']}`, from {dataset['source']}: {dataset['episodes']} episodes, "
-            f"{dataset['transitions']} transitions; its mean normalized return is **{dataset['mean_normalized_return']:.1f}**.")
+            f"{dataset['transitions']} transitions; "
+            f"its mean normalized return is **{dataset['mean_normalized_return']:.1f}**.")
         stem = env_id.replace("/", "-")
         plot(env_id, cells, "charts/normalized_score", "normalized score", args.out.parent / f"results_{stem}.png",
              data_mean=dataset["mean_normalized_return"] if dataset else None)

@@ -1,6 +1,7 @@
 """How fast does each algorithm train, and how close is that to what this machine can do?
 
     python -m benchmarks.speed                  # all algorithms, writes benchmarks/speed.md and speed.json
+                                                # (speed_gpu.md and speed_gpu.json where jax sees a GPU)
     python -m benchmarks.speed --algos iql --seconds 10
 
 For each algorithm, with the paper's networks (2 x 256) at batch 256 on Hopper's shapes (obs 11, action 3)
@@ -36,7 +37,8 @@ OBS_DIM, ACTION_DIM, DATASET_SIZE = 11, 3, 1_000_000
 def matmul_peak(seconds: float = 2.0) -> float:
     """Best float32 GFLOP/s of a jitted square matmul on this device."""
     best = 0.0
-    for n in (256, 512, 1024, 2048):
+    sizes = (256, 512, 1024, 2048) + ((4096, 8192) if jax.default_backend() != "cpu" else ())  # a GPU needs big ones
+    for n in sizes:
         a = jnp.ones((n, n), jnp.float32)
         f = jax.jit(lambda x: x @ x)
         f(a).block_until_ready()
@@ -188,21 +190,25 @@ def main(args: Args):
               "command": f"python -m benchmarks.speed --seconds {args.seconds:g} --algos " + " ".join(args.algos)
                          + " --num-seeds " + " ".join(map(str, args.num_seeds)),
               "date": time.strftime("%Y-%m-%d"), "results": rows}
-    (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = "speed" if jax.default_backend() == "cpu" else "speed_gpu"  # keep the CPU's figures beside the GPU's
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"| {r['algorithm']} | {r['updates_per_s']} | {r['compile_s']} | {r['mflop_per_update']} "
              f"({r['dot_mflop_per_update']} in dots) | {r['gflop_per_s']} | {100 * r['fraction_of_peak']:.0f}% | "
              f"{r['time_split_ms']['total']} = {r['time_split_ms']['dots_at_peak']} dots at peak + "
              f"{r['time_split_ms']['sampling']} sampling + {r['time_split_ms']['rest']} rest |" for r in rows]
     seed_lines = [f"| {r['algorithm']} | " + " | ".join(
         f"{v} ({v / r['updates_per_s']:.2f}x)" for v in r["seed_updates_per_s"].values()) + " |" for r in rows]
-    (args.out / "speed.md").write_text(
-        f"# Training speed\n\n`python -m benchmarks.speed` on {result['machine']}, {result['date']}.\n"
+    (args.out / f"{stem}.md").write_text(
+        f"# Training speed\n\n`{result['command']}` on {result['machine']}, {result['date']}.\n"
         f"Networks 2 x 256, batch 256, Hopper shapes, {args.log_every} updates per compiled chunk "
         f"({args.log_every // 10} for CQL). "
-        f"Dense-matmul peak measured in the same run: {peak:.1f} GFLOP/s. Peak RSS of the whole run: {rss_mb:.0f} MB.\n\n"
+        f"Dense-matmul peak measured in the same run: {peak:.1f} GFLOP/s. "
+        f"Peak RSS of the whole run: {rss_mb:.0f} MB.\n\n"
         "XLA counts both branches of a `lax.cond` as executed, so TD3+BC's FLOPs include its delayed actor step on "
         "every update (it runs on every second): its MFLOP/update, GFLOP/s and share of peak are overstated by "
-        "about a fifth.\n\n"
+        "about a fifth.\n\n" + ("" if stem == "speed" else
+        "On a GPU, JAX's default precision lets XLA run float32 matrix products on TF32 tensor cores, in the peak "
+        "and in training alike.\n\n") +
         "| algorithm | updates/s | compile (s) | MFLOP/update | GFLOP/s | of peak | ms per update |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
         "## Many seeds in one program (`--num-seeds N`)\n\n"
@@ -210,7 +216,7 @@ def main(args: Args):
         "one single-seed run, which is also what N separate runs one after another achieve.\n\n"
         "| algorithm | " + " | ".join(f"N = {n}" for n in args.num_seeds) + " |\n"
         "|---|" + "---|" * len(args.num_seeds) + "\n" + "\n".join(seed_lines) + "\n")
-    print((args.out / "speed.md").read_text())
+    print((args.out / f"{stem}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -142,15 +142,15 @@ def test_bad_grids_are_refused_before_any_work(overrides, message, tmp_path):
         run.main(small_grid("hopper-medium", tmp_path, **overrides))
 
 
-def write_cell(results, name, seed, scores, outcome="finished"):
+def write_cell(results, name, seed, scores, outcome="finished", machine="test machine"):
     folder = results / "hopper-medium"
     folder.mkdir(parents=True, exist_ok=True)
     rows = "".join(f"{100 * (i + 1)},{seed},1,0,0,{s},{s}\n" for i, s in enumerate(scores))
     (folder / f"{name}__seed{seed}.csv").write_text(
         "step,seed,wall_s,return_std,charts/episodic_return,charts/normalized_score,values/q\n" + rows)
     record = {"algo": "iql", "name": name, "env_id": "hopper-medium", "seed": seed, "total_steps": 100 * len(scores),
-              "command": f"python iql.py --env-id hopper-medium --seed {seed} --total-steps {100 * len(scores)}",
-              "outcome": outcome, "wall_s": 120.0, "machine": "test machine", "date": "2026-11-24",
+              "command": f"python {name}.py --env-id hopper-medium --seed {seed} --total-steps {100 * len(scores)}",
+              "outcome": outcome, "wall_s": 120.0, "machine": machine, "date": "2026-11-24",
               "dataset": {"dataset_id": "d", "source": "s", "episodes": 3, "transitions": 30, "mean_return": 1.0,
                           "mean_normalized_return": 39.4}}
     (folder / f"{name}__seed{seed}.json").write_text(json.dumps(record))
@@ -169,15 +169,21 @@ def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
     write_cell(tmp_path / "results", "iql", 0, [10, 50, 30])
     write_cell(tmp_path / "results", "iql", 1, [20, 70, 10])
     write_cell(tmp_path / "results", "plain_td3", 0, [5, 1], outcome="failed (exit code 1) at update 200")
+    write_cell(tmp_path / "results", "awr", 0, [1, 2, 3])  # with iql, makes 300 updates the grid's budget
+    for seed in (0, 1):  # a longer run on a GPU: not the grid's budget, and it must not make the others "shorter"
+        write_cell(tmp_path / "results", "iql_long", seed, [10, 20, 30, 40, 50],
+                   machine="NVIDIA H100 80GB HBM3 with Intel Xeon (16 cores), jax 0.11.2")
     (tmp_path / "results" / "hopper-medium" / "NOTES.md").write_text("Why plain TD3 fails: see the Q curve.\n")
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results: written by python -m benchmarks.report -->\nold\n<!-- results end -->\nrest\n")
     report.main(report.Args(results=tmp_path / "results", out=tmp_path / "results.md", readme=readme))
     text = (tmp_path / "results.md").read_text()
-    assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 |" in text
+    assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 | test machine |" in text
+    assert "| iql_long | 500 | 2 | 50.0 ± 0.0 | 50.0 ± 0.0 (500) | 2 | NVIDIA H100 80GB HBM3 |" in text
     assert "- plain_td3: seed 0: failed (exit code 1) at update 200" in text
-    assert "- plain_td3: 200 updates where others have 300, to fit the machine's time" in text
-    assert "- iql: 300 updates where" not in text
+    assert "- plain_td3: 200 updates where the others have 300, to fit the machine's time" in text
+    for name in ("iql", "awr", "iql_long"):
+        assert f"- {name}: " not in text
     assert "mean normalized return is **39.4**" in text
     assert "Why plain TD3 fails: see the Q curve." in text
     assert "python iql.py --env-id hopper-medium --seed {0,1} --total-steps 300" in text
