@@ -207,8 +207,8 @@ def main(args: Args):
         "XLA counts both branches of a `lax.cond` as executed, so TD3+BC's FLOPs include its delayed actor step on "
         "every update (it runs on every second): its MFLOP/update, GFLOP/s and share of peak are overstated by "
         "about a fifth.\n\n" + ("" if stem == "speed" else
-        "On a GPU, JAX's default precision lets XLA run float32 matrix products on TF32 tensor cores, in the peak "
-        "and in training alike.\n\n") +
+        "On NVIDIA GPUs since Ampere, JAX's default precision lets XLA run float32 matrix products on TF32 tensor "
+        "cores, in the peak and in training alike.\n\n") +
         "| algorithm | updates/s | compile (s) | MFLOP/update | GFLOP/s | of peak | ms per update |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
         "## Many seeds in one program (`--num-seeds N`)\n\n"
