@@ -190,7 +190,8 @@ def main(args: Args):
               "command": f"python -m benchmarks.speed --seconds {args.seconds:g} --algos " + " ".join(args.algos)
                          + " --num-seeds " + " ".join(map(str, args.num_seeds)),
               "date": time.strftime("%Y-%m-%d"), "results": rows}
-    stem = "speed" if jax.default_backend() == "cpu" else "speed_gpu"  # keep the CPU's figures beside the GPU's
+    on_cpu = jax.default_backend() == "cpu"
+    stem = "speed" if on_cpu else "speed_gpu"  # keep the CPU's figures beside the GPU's
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"| {r['algorithm']} | {r['updates_per_s']} | {r['compile_s']} | {r['mflop_per_update']} "
              f"({r['dot_mflop_per_update']} in dots) | {r['gflop_per_s']} | {100 * r['fraction_of_peak']:.0f}% | "
@@ -206,7 +207,7 @@ def main(args: Args):
         f"Peak RSS of the whole run: {rss_mb:.0f} MB.\n\n"
         "XLA counts both branches of a `lax.cond` as executed, so TD3+BC's FLOPs include its delayed actor step on "
         "every update (it runs on every second): its MFLOP/update, GFLOP/s and share of peak are overstated by "
-        "about a fifth.\n\n" + ("" if stem == "speed" else
+        "about a fifth.\n\n" + ("" if on_cpu else
         "On NVIDIA GPUs since Ampere, JAX's default precision lets XLA run float32 matrix products on TF32 tensor "
         "cores, in the peak and in training alike.\n\n") +
         "| algorithm | updates/s | compile (s) | MFLOP/update | GFLOP/s | of peak | ms per update |\n"
