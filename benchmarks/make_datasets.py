@@ -1,26 +1,38 @@
-"""Build the project's stand-in datasets, D4RL-style, in Minari's format, with Minari's own DataCollector.
+"""Build the project's stand-in datasets, D4RL-style, in Minari's format.
 
-    python -m benchmarks.make_datasets hopper-medium                   # 1M steps, about 10 minutes
+    python -m benchmarks.make_datasets hopper-medium                   # 1M steps, in parallel on every core
     python -m benchmarks.make_datasets hopper-random --num-steps 10000
+    python -m benchmarks.make_datasets hopper-medium-replay            # reruns the SAC training: about an hour
     python -m benchmarks.make_datasets --summary                       # writes benchmarks/datasets.md
 
   random         uniformly random actions in [-1, 1] (D4RL used a randomly initialised policy instead)
   medium/expert  actions sampled from the committed SAC behaviour policies in benchmarks/behavior/<env>/
   medium-expert  the medium and expert datasets, combined (twice the steps, as in D4RL)
+  medium-replay  every transition the behaviour SAC's training run collected, from its first step to the
+                 step at which the medium policy was selected (selection.json): the run is redone from its
+                 committed config and seed, and its replay buffer is stored
 
 Data lands in the local Minari store under the offrl-standin/ namespace. Episode i starts from
-reset(seed=seed + i) and the policy's noise comes from one key, so the same seed rebuilds the same data on
-the same kind of machine. On another CPU the policy's arithmetic can differ in the last bits and the
-trajectories drift apart: a rebuild keeps the episode count and the statistics, not the bits.
+reset(seed=seed + i) and draws its action noise from its own key (seed, i), so episodes are independent:
+`--workers` processes collect them side by side and the dataset is the same for any number of workers.
+The same seed rebuilds the same data on the same kind of machine. On another CPU the policy's arithmetic
+can differ in the last bits and the trajectories drift apart: a rebuild keeps the episode count and the
+statistics, not the bits.
 """
 
+import contextlib
+import hashlib
 import json
+import math
+import multiprocessing
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import flax.serialization
@@ -32,24 +44,24 @@ import tyro
 from tqdm import tqdm
 
 from benchmarks.train_behavior import BEHAVIOR_DIR
-from common.datasets import (CACHE_FILE, ENVS, REFERENCE_SCORES, STANDIN_NAMESPACE, DatasetError, load_dataset,
-                             resolve_name)
+from common.datasets import (CACHE_FILE, ENVS, QUALITIES, REFERENCE_SCORES, STANDIN_NAMESPACE, DatasetError,
+                             load_dataset, resolve_name)
 from common.networks import TanhGaussianActor, sample_tanh_gaussian
 
 SUMMARY = Path(__file__).parent / "datasets.md"
 
 
-def load_behavior_policy(env: str, quality: str):
+def load_behavior_policy(env: str, quality: str, behavior_dir: Path | None = None):
     """The committed actor as a function (obs, key) -> sampled action, or None for `random`."""
     if quality == "random":
         return None
-    actor, params = load_behavior_actor(env, quality)
+    actor, params = load_behavior_actor(env, quality, behavior_dir)
     return jax.jit(lambda obs, key: sample_tanh_gaussian(*actor.apply(params, obs), key)[0])
 
 
-def load_behavior_actor(env: str, quality: str):
+def load_behavior_actor(env: str, quality: str, behavior_dir: Path | None = None):
     """The committed tanh-Gaussian actor of `env` ("expert" or "medium") and its parameters."""
-    path = BEHAVIOR_DIR / env / f"{quality}.msgpack"
+    path = (behavior_dir or BEHAVIOR_DIR) / env / f"{quality}.msgpack"
     if not path.exists():
         raise DatasetError(f"No behaviour policy at {path}: train one with `python -m benchmarks.train_behavior "
                            f"--env {env}` and pick checkpoints with "
@@ -69,9 +81,10 @@ def _dims(spec):
     return dims
 
 
-def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, force: bool = False):
+def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, force: bool = False,
+                  workers: int | None = None):
     """Collect `num_steps` transitions into the local Minari store as `dataset_id`
-    (offrl-standin/<env>/<quality>-v0)."""
+    (offrl-standin/<env>/<quality>-v0), with `workers` processes (default: every core)."""
     import minari
     from minari.storage import get_dataset_path
 
@@ -89,7 +102,7 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
                            f"`python -m benchmarks.select_behavior --env {env}` first.")
     metadata = dict(
         author="offline-rl-jax contributors (stand-in data, not the official Minari/D4RL datasets)",
-        algorithm_name=f"SAC behaviour policy ({quality})" if quality != "random" else "uniform random actions",
+        algorithm_name=ALGORITHMS[quality],
         code_permalink="benchmarks/make_datasets.py in this repository",
         ref_min_score=refs["random"],
         ref_max_score=refs["expert"],
@@ -98,24 +111,33 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
                      + " Reference scores: mean return over 100 episodes of uniformly random actions (ref_min) "
                      "and of the expert SAC policy sampling its actions (ref_max)."),
     )
+    start = time.perf_counter()
     try:
         if quality == "medium-expert":
             parts = []
             for q in ("medium", "expert"):
                 part_id = f"{STANDIN_NAMESPACE}/{env}/{q}-v0"
-                build_dataset(part_id, num_steps, seed)
+                build_dataset(part_id, num_steps, seed, workers=workers)
                 parts.append(minari.load_dataset(part_id))
             dataset = minari.combine_datasets(parts, dataset_id)
             dataset.storage.update_metadata({k: v for k, v in metadata.items()})
         else:
-            _collect(dataset_id, env, quality, num_steps, seed, metadata)
+            episodes = medium_replay(env) if quality == "medium-replay" else collect(
+                env, quality, num_steps, seed, workers or len(os.sched_getaffinity(0)))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*author_email.*")  # the stand-ins have no contact address
+                minari.create_dataset_from_buffers(dataset_id, episodes, env=ENVS[env], eval_env=ENVS[env],
+                                                   **metadata)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # never leave a half-written dataset behind
         raise
-    print(f"[data] built {dataset_id} at {path}")
+    print(f"[data] built {dataset_id} at {path} in {time.perf_counter() - start:.0f} s")
     load_dataset(dataset_id)  # reads it back once, checking it and writing the flat-array cache that later loads use
 
 
+ALGORITHMS = {"random": "uniform random actions", "medium": "SAC behaviour policy (medium)",
+              "expert": "SAC behaviour policy (expert)", "medium-expert": "SAC behaviour policies (medium, expert)",
+              "medium-replay": "SAC training run (replay buffer)"}
 DESCRIPTIONS = {
     "random": "{num_steps} steps of {env_id} with actions drawn uniformly from [-1, 1]; episode i is reset "
               "with seed {seed} + i.",
@@ -124,31 +146,204 @@ DESCRIPTIONS = {
     "expert": "{num_steps} steps of {env_id} with actions sampled from a fully trained SAC policy "
               "(benchmarks/behavior/{env}/expert.msgpack); episode i is reset with seed {seed} + i.",
     "medium-expert": "The {env}-medium and {env}-expert stand-ins ({num_steps} steps each, seed {seed}), combined.",
+    "medium-replay": "Every transition of the SAC training run of {env_id} (benchmarks/behavior/{env}/config.json), "
+                     "rerun from its first step up to the step at which its medium policy was selected "
+                     "(benchmarks/behavior/{env}/selection.json): uniformly random actions, then the policy as it "
+                     "learned.",
 }
 
 
-def _collect(dataset_id, env, quality, num_steps, seed, metadata):
-    import minari
+def collect(env: str, quality: str, num_steps: int, seed: int, workers: int) -> list:
+    """`num_steps` transitions of whole episodes in order (the last one cut short), collected by `workers`
+    processes. Episodes are asked for in blocks sized to what is still missing, so little is collected twice."""
+    load_behavior_policy(env, quality)  # a missing policy stops here, before any worker starts
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: JAX must not be forked
+    episodes, steps, first = [], 0, 0
+    # The workers run the policy on the CPU with one thread each, so their arithmetic does not depend on
+    # their number, and sixteen of them on a GPU machine do not each claim the GPU.
+    worker_env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false "
+                  "intra_op_parallelism_threads=1", "OMP_NUM_THREADS": "1"}
+    with _environ(worker_env), context.Pool(workers, _start_worker, (env, quality, seed, BEHAVIOR_DIR)) as pool:
+        bar = tqdm(total=num_steps, desc=f"{env}-{quality} ({workers} workers)", mininterval=2.0)
+        while steps < num_steps:
+            mean_length = steps / len(episodes) if episodes else 1000
+            block = max(workers, min(20_000, math.ceil(1.05 * (num_steps - steps) / mean_length)))
+            for episode in pool.imap(_episode, range(first, first + block), chunksize=max(1, block // (8 * workers))):
+                episode = _cut(episode, num_steps - steps)
+                episodes.append(episode)
+                steps += len(episode.rewards)
+                bar.update(len(episode.rewards))
+                if steps == num_steps:
+                    break
+            first += block
+        bar.close()
+    return episodes
 
-    policy = load_behavior_policy(env, quality)
-    collector = minari.DataCollector(gym.make(ENVS[env]), record_infos=False)
-    rng, key = np.random.default_rng(seed), jax.random.PRNGKey(seed)
-    obs, _ = collector.reset(seed=seed)
-    episode = 0
-    for _ in tqdm(range(num_steps), desc=dataset_id, mininterval=2.0):
+
+_worker = {}
+
+
+def _start_worker(env: str, quality: str, seed: int, behavior_dir: Path):
+    _worker.update(env=gym.make(ENVS[env]), policy=load_behavior_policy(env, quality, behavior_dir), seed=seed)
+
+
+def _episode(index: int):
+    """Episode `index` of a dataset: its own reset seed and its own stream of action noise."""
+    from minari.data_collector import EpisodeBuffer
+
+    env, policy, seed = _worker["env"], _worker["policy"], _worker["seed"]
+    rng, key = np.random.default_rng([seed, index]), jax.random.fold_in(jax.random.PRNGKey(seed), index)
+    obs, _ = env.reset(seed=seed + index)
+    observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+    terminated = truncated = False
+    while not (terminated or truncated):
         if policy is None:
-            action = rng.uniform(-1.0, 1.0, collector.action_space.shape).astype(np.float32)
+            action = rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
         else:
             key, k = jax.random.split(key)
             action = np.asarray(policy(obs.astype(np.float32), k))
-        obs, _, terminated, truncated, _ = collector.step(action)
-        if terminated or truncated:
-            episode += 1
-            obs, _ = collector.reset(seed=seed + episode)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*author_email.*")  # the stand-ins have no contact address
-        collector.create_dataset(dataset_id=dataset_id, eval_env=ENVS[env], **metadata)
-    collector.close()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        for values, value in zip((observations, actions, rewards, terminations, truncations),
+                                 (obs, action, reward, terminated, truncated)):
+            values.append(value)
+    return EpisodeBuffer(id=index, seed=seed + index, observations=np.array(observations), actions=np.array(actions),
+                         rewards=np.array(rewards), terminations=np.array(terminations),
+                         truncations=np.array(truncations))
+
+
+def _cut(episode, steps: int):
+    """The episode's first `steps` steps; a cut episode ends truncated, as a time limit would end it."""
+    if steps >= len(episode.rewards):
+        return episode
+    truncations = episode.truncations[:steps].copy()
+    truncations[-1] = True
+    return replace(episode, observations=episode.observations[: steps + 1],
+                               actions=episode.actions[:steps], rewards=episode.rewards[:steps],
+                               terminations=episode.terminations[:steps], truncations=truncations)
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+REPLAY_DIR = BEHAVIOR_DIR / "_replay"
+RECORDED_ACTIONS = "replay_actions.npz"
+
+
+def medium_replay(env: str) -> list:
+    """The medium-replay episodes of `env`: replayed from the committed actions of the recording where they
+    exist (seconds), else recorded by rerunning the behaviour training (about an hour), which commits them."""
+    if (BEHAVIOR_DIR / env / RECORDED_ACTIONS).exists():
+        return replay_recorded_actions(env)
+    episodes = record_replay(env)
+    save_recorded_actions(env, episodes)
+    return episodes
+
+
+def record_replay(env: str) -> list:
+    """Rerun `env`'s behaviour SAC from its committed config up to the medium checkpoint's step, and return
+    its replay buffer as episodes. The rerun resumes where it was stopped (the same command again)."""
+    from benchmarks import train_behavior
+
+    committed = BEHAVIOR_DIR / env
+    for name in ("config.json", "selection.json"):
+        if not (committed / name).exists():
+            raise DatasetError(f"No {committed / name}: the medium-replay stand-in reruns the committed behaviour "
+                               f"training, so it needs that run's config and selection.")
+    config = json.loads((committed / "config.json").read_text())
+    stop = json.loads((committed / "selection.json").read_text())["medium"]["step"]
+    known = {f.name for f in fields(train_behavior.Args)} - {"out_dir", "stop_at"}
+    args = train_behavior.Args(**{k: v for k, v in config.items() if k in known}, out_dir=REPLAY_DIR, stop_at=stop)
+    replay_dir, earlier = REPLAY_DIR, REPLAY_DIR / env / "config.json"
+    settings = {k: getattr(args, k) for k in known | {"stop_at"}}
+    if earlier.exists() and {k: json.loads(earlier.read_text()).get(k) for k in settings} != settings:
+        raise DatasetError(f"{replay_dir / env} holds a recording made with other settings; delete it and "
+                           f"{replay_dir / '_resume' / env} to record afresh.")
+    print(f"[data] rerunning the behaviour SAC of {env} up to step {stop}, recording its replay buffer in {replay_dir}")
+    train_behavior.main(args)
+    resume = replay_dir / env / "resume.json"
+    if json.loads(resume.read_text())["step"] != stop:
+        print(f"[data] the rerun stopped early; the same command resumes it from {replay_dir / env}")
+        raise KeyboardInterrupt
+    shutil.copyfile(replay_dir / env / "history.csv", committed / "replay_history.csv")
+    with np.load(replay_dir / "_resume" / env / "buffer.npz", allow_pickle=False) as saved:
+        data = {k: saved[k] for k in saved.files}
+    ends = np.flatnonzero((data["terminal"] > 0) | (data["truncated"] > 0)).tolist()
+    ends = ends if ends and ends[-1] == stop - 1 else [*ends, stop - 1]  # the rerun's last episode stops with it
+    episodes, begin = [], 0
+    for i, end in enumerate(ends):
+        rows = slice(begin, end + 1)
+        episodes.append(_episode_buffer(i, args.seed + begin, np.concatenate([data["obs"][rows], data["next_obs"][end:end + 1]]),
+                                        data["action"][rows], data["reward"][rows], data["terminal"][end] > 0))
+        begin = end + 1
+    return episodes
+
+
+def _episode_buffer(index, seed, observations, actions, rewards, terminal: bool):
+    """A recorded episode as Minari takes it: it ends terminated, or else truncated."""
+    from minari.data_collector import EpisodeBuffer
+
+    ends = np.zeros(len(rewards), bool)
+    ends[-1] = True
+    return EpisodeBuffer(id=index, seed=seed, observations=observations, actions=actions, rewards=rewards,
+                         terminations=ends & terminal, truncations=ends & (not terminal))
+
+
+def save_recorded_actions(env: str, episodes: list):
+    """The recording in a few MB: its actions, episode lengths and ends, and checksums of what they produced.
+    Every training episode started from reset(seed=config seed + its first step), so the environment
+    reproduces the rest from these."""
+    path = BEHAVIOR_DIR / env / RECORDED_ACTIONS
+    np.savez_compressed(path, actions=np.concatenate([e.actions for e in episodes]).astype(np.float32),
+                        lengths=np.array([len(e.rewards) for e in episodes]),
+                        seeds=np.array([e.seed for e in episodes]),
+                        terminal=np.array([bool(e.terminations[-1]) for e in episodes]),
+                        checksum=np.array(_checksum(episodes)))
+    print(f"[data] wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): commit it, and later builds replay it")
+
+
+def replay_recorded_actions(env: str) -> list:
+    """The recording's episodes, rebuilt by stepping the environment through its committed actions. Stops with
+    an error where this machine's simulator does not reproduce the recorded observations bit for bit."""
+    path = BEHAVIOR_DIR / env / RECORDED_ACTIONS
+    with np.load(path, allow_pickle=False) as saved:
+        recorded = {k: saved[k] for k in saved.files}
+    sim = gym.make(ENVS[env])
+    episodes, begin = [], 0
+    for i, (length, seed, terminal) in enumerate(zip(recorded["lengths"], recorded["seeds"], recorded["terminal"])):
+        actions = recorded["actions"][begin:begin + length]
+        observations, rewards = [sim.reset(seed=int(seed))[0]], []
+        for t, action in enumerate(actions):
+            obs, reward, terminated, _, _ = sim.step(action)
+            observations.append(obs)
+            rewards.append(reward)
+            if terminated != (terminal and t == length - 1):
+                raise DatasetError(f"Replaying {path} diverged from the recording at episode {i}, step {t} (the "
+                                   f"simulator's arithmetic differs on this machine). Delete {path} and build again "
+                                   f"to record afresh, about an hour.")
+        episodes.append(_episode_buffer(i, int(seed), np.array(observations, np.float32), actions,
+                                        np.array(rewards, np.float32), bool(terminal)))
+        begin += length
+    if _checksum(episodes) != str(recorded["checksum"]):
+        raise DatasetError(f"Replaying {path} did not reproduce the recorded observations and rewards bit for bit "
+                           f"(the simulator's arithmetic differs on this machine). Delete {path} and build again "
+                           f"to record afresh, about an hour.")
+    return episodes
+
+
+def _checksum(episodes) -> str:
+    digest = hashlib.sha256()
+    for e in episodes:
+        for values in (e.observations, e.actions, e.rewards):
+            digest.update(np.ascontiguousarray(values, np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def measure_load(dataset_id: str) -> dict:
@@ -196,10 +391,13 @@ class Args:
     names: tyro.conf.Positional[tuple[str, ...]] = ()
     """datasets to build: hopper-medium, walker2d-random, offrl-standin/hopper/expert-v0, ..."""
     num_steps: int = 1_000_000
-    """transitions per dataset (medium-expert gets this many from each part)"""
+    """transitions per dataset (medium-expert gets this many from each part; medium-replay is as long as its
+    training run was up to the medium checkpoint)"""
     seed: int = 0
     force: bool = False
     """rebuild a dataset that already exists"""
+    workers: int | None = None
+    """processes that collect episodes side by side (default: every core); any number gives the same dataset"""
     summary: bool = False
     """afterwards, tabulate every local stand-in into benchmarks/datasets.md"""
 
@@ -212,19 +410,22 @@ def main(args: Args):
     signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up half-built data exactly as Ctrl-C does
     if args.num_steps <= 0:
         raise SystemExit(f"--num-steps must be positive, got {args.num_steps}")
+    if args.workers is not None and args.workers <= 0:
+        raise SystemExit(f"--workers must be positive, got {args.workers}")
     try:
         for name in args.names:
             standin = resolve_name(name).standin_id
             if standin is None:
                 raise DatasetError(f"{name} has no stand-in; stand-ins exist for {', '.join(ENVS)} x "
-                                   f"random/medium/expert/medium-expert.")
-            build_dataset(standin, args.num_steps, args.seed, args.force)
+                                   f"{'/'.join(QUALITIES)}.")
+            build_dataset(standin, args.num_steps, args.seed, args.force, args.workers)
         if args.summary:
             write_summary()
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
     except KeyboardInterrupt:
-        raise SystemExit("interrupted: the unfinished dataset was removed; datasets already built are kept")
+        raise SystemExit("interrupted: the unfinished dataset was removed; datasets already built are kept "
+                         "(a medium-replay rerun resumes from where it stopped)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ over `--eval-episodes` deterministic episodes is appended to `history.csv`, so t
     python -m benchmarks.train_behavior --env hopper            # about an hour on 2 cores
     python -m benchmarks.train_behavior --env hopper            # again: resumes where it stopped
 
+The replay buffer holds every transition the run collected, in order, with its episode boundaries.
+`--stop-at` ends a run early and saves that buffer in full: `benchmarks/make_datasets.py` reruns the
+committed config up to the medium checkpoint this way and stores the buffer as the medium-replay dataset.
+
 Deviation from the paper, for speed on a CPU: instead of one gradient step after each
 environment step, the agent takes `--update-every` environment steps and then the same
 number of gradient steps in one compiled call. The update-to-data ratio stays 1.
@@ -59,6 +63,8 @@ class Args:
     resume_every: int = 50_000
     """write the full training state (replay buffer included) every this many steps"""
     out_dir: Path = BEHAVIOR_DIR
+    stop_at: int | None = None
+    """stop after this many environment steps (a multiple of --update-every) and save the whole replay buffer"""
 
 
 class SACState(NamedTuple):
@@ -139,7 +145,8 @@ def make_agent(args: Args, obs_dim: int, action_dim: int):
 class ReplayBuffer:
     """Preallocated numpy arrays; batches are drawn on the host by a seeded generator."""
 
-    FIELDS = ("obs", "action", "reward", "next_obs", "terminal")
+    # `truncated` marks an episode cut short (time limit, or a resume that restarted it); the update ignores it
+    FIELDS = ("obs", "action", "reward", "next_obs", "terminal", "truncated")
 
     def __init__(self, capacity: int, obs_dim: int, action_dim: int):
         dims = {"obs": obs_dim, "action": action_dim, "next_obs": obs_dim}
@@ -171,6 +178,9 @@ def save_resume(out: Path, buffer_file: Path, state, buffer: ReplayBuffer, step:
 
 
 def main(args: Args):
+    last_step = min(args.total_steps, args.stop_at or args.total_steps)
+    if last_step % args.update_every:
+        raise SystemExit(f"--stop-at must be a multiple of --update-every ({args.update_every}), got {args.stop_at}")
     env_id = ENVS[args.env]
     out = args.out_dir / args.env
     ckpt_dir, buffer_file = out / "checkpoints", args.out_dir / "_resume" / args.env / "buffer.npz"
@@ -194,6 +204,11 @@ def main(args: Args):
                 for k in buffer.FIELDS:
                     buffer.data[k][: len(saved[k])] = saved[k]
                 buffer.size = len(saved["obs"])
+        if buffer.size == step and step > 0:  # the episode in progress restarts below: end it here
+            buffer.data["truncated"][step - 1] = 1.0 - buffer.data["terminal"][step - 1]
+        elif args.stop_at is not None:
+            raise SystemExit(f"the replay buffer of this recording ({buffer_file}) is missing or incomplete; "
+                             f"delete {out} to record again from step 0")
         if buffer.size != step:  # e.g. a new machine: refill with the current policy before updating again
             print(f"replay buffer not found at {buffer_file}: refilling {args.learning_starts} steps with the policy")
             buffer.size = 0
@@ -209,9 +224,9 @@ def main(args: Args):
     if not history.exists():
         history.write_text("step,eval_return_mean,eval_return_std,train_episodes,wall_time\n")
     act_key = jax.random.fold_in(jax.random.PRNGKey(args.seed + 1_000_003), step)  # fresh noise after a resume
-    bar = tqdm(total=args.total_steps, initial=step, desc=env_id, smoothing=0.05)
+    bar = tqdm(total=last_step, initial=step, desc=env_id, smoothing=0.05)
     start, metrics = time.time(), {}
-    while step < args.total_steps and not interrupt.requested:
+    while step < last_step and not interrupt.requested:
         for _ in range(args.update_every):
             if step < args.learning_starts:
                 action = rng.uniform(-1, 1, action_dim).astype(np.float32)
@@ -219,7 +234,8 @@ def main(args: Args):
                 act_key, k = jax.random.split(act_key)
                 action = np.asarray(act(state.actor, obs, k))
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffer.add(obs=obs, action=action, reward=reward, next_obs=next_obs, terminal=float(terminated))
+            buffer.add(obs=obs, action=action, reward=reward, next_obs=next_obs, terminal=float(terminated),
+                       truncated=float(truncated and not terminated))
             obs, step = next_obs, step + 1
             if terminated or truncated:
                 obs, _ = env.reset(seed=args.seed + step)
@@ -236,7 +252,7 @@ def main(args: Args):
                                         f"{earlier_wall_time + time.time() - start:.0f}"])
             bar.write(f"step {step}: eval return {returns.mean():.0f} ± {returns.std():.0f}  "
                       + "  ".join(f"{k} {float(v):.3g}" for k, v in metrics.items()))
-        if step % args.resume_every == 0 or interrupt.requested:
+        if step % args.resume_every == 0 or step == last_step or interrupt.requested:
             save_resume(out, buffer_file, state, buffer, step, episodes, rng, earlier_wall_time + time.time() - start)
     bar.close()
     if interrupt.requested:

@@ -25,8 +25,10 @@ import numpy as np
 
 STANDIN_NAMESPACE = "offrl-standin"
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
-QUALITIES = ("random", "medium", "expert", "medium-expert")
-OFFICIAL_QUALITIES = ("medium", "expert")  # what Minari's hub publishes under mujoco/<env>/ of these
+QUALITIES = ("random", "medium", "expert", "medium-expert", "medium-replay")
+# What Minari's hub publishes under mujoco/<env>/ of these: medium-v0 and expert-v0 (its third set, simple-v0,
+# is a weak policy, not D4RL's uniformly random one). It has no replay or medium-expert set for these tasks.
+OFFICIAL_QUALITIES = ("medium", "expert")
 D4RL_NAMES = [f"{env}-{quality}" for env in ENVS for quality in QUALITIES]
 REFERENCE_SCORES = Path(__file__).with_name("reference_scores.json")
 HUB_TIMEOUT_S = 3.0
@@ -67,7 +69,7 @@ class Resolved:
 
 def resolve_name(name: str) -> Resolved:
     """Map a user's dataset name to the Minari ids that may hold it."""
-    d4rl = re.fullmatch(r"(\w+?)-(random|medium-expert|medium|expert)(-v\d+)?", name)
+    d4rl = re.fullmatch(r"(\w+?)-(random|medium-expert|medium-replay|medium|expert)(-v\d+)?", name)
     if d4rl and d4rl[1] in ENVS:
         env, quality, version = d4rl.groups()
         official = f"mujoco/{env}/{quality}-v0" if quality in OFFICIAL_QUALITIES else None

@@ -36,6 +36,14 @@ def test_d4rl_names_map_to_official_and_standin_ids():
     assert r.standin_id == "offrl-standin/walker2d/medium-expert-v0"
 
 
+@pytest.mark.parametrize("name", ["hopper-medium-replay", "hopper-medium-replay-v2"])
+def test_medium_replay_names_go_to_the_standin(name):
+    r = resolve_name(name)
+    assert r.official_id is None  # Minari's hub has no replay set for the MuJoCo tasks
+    assert r.standin_id == "offrl-standin/hopper/medium-replay-v0"
+    assert (r.note is not None) == name.endswith("-v2")
+
+
 def test_d4rl_version_suffix_is_accepted_with_a_note():
     r = resolve_name("hopper-medium-v2")
     assert r.official_id == "mujoco/hopper/medium-v0"
@@ -55,7 +63,7 @@ def test_unknown_name_lists_valid_names_and_suggests(name, suggestion):
     with pytest.raises(DatasetError) as e:
         resolve_name(name)
     assert f"Did you mean '{suggestion}'" in str(e.value)
-    assert "halfcheetah-medium-expert" in str(e.value)
+    assert "halfcheetah-medium-expert" in str(e.value) and "walker2d-medium-replay" in str(e.value)
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
+import dataclasses
 import functools
 import json
+import shutil
 
+import gymnasium as gym
 import minari
 import numpy as np
 import pytest
 
-from benchmarks import make_datasets
+from benchmarks import make_datasets, train_behavior
 from common import datasets
 from common.datasets import DatasetError, load_dataset
 
@@ -61,7 +64,7 @@ def test_interrupted_build_leaves_nothing_behind(minari_store, refs, monkeypatch
         (minari_store / "offrl-standin/hopper/random-v0").mkdir(parents=True)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(make_datasets, "_collect", interrupted)
+    monkeypatch.setattr(make_datasets, "collect", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_datasets.build_dataset("offrl-standin/hopper/random-v0", num_steps=100)
     assert not (minari_store / "offrl-standin/hopper/random-v0").exists()
@@ -91,3 +94,81 @@ def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypat
                          f"{data.episode_returns.mean():.1f}"]
     assert cells[6] == f"{data.normalized_score(data.episode_returns).mean():.1f}"
     assert cells[7].endswith("MB") and cells[8].endswith("MB")  # first load, then a load from the cache
+
+
+@pytest.mark.parametrize("quality", ["random", "medium"])  # medium: the committed policy, run in each worker
+def test_parallel_build_gives_the_same_dataset_as_one_worker(minari_store, refs, quality):
+    dataset_id = f"offrl-standin/hopper/{quality}-v0"
+    make_datasets.build_dataset(dataset_id, num_steps=700, seed=1, workers=1)
+    one = arrays(dataset_id)
+    make_datasets.build_dataset(dataset_id, num_steps=700, seed=1, force=True, workers=2)
+    for a, b in zip(one, arrays(dataset_id)):
+        np.testing.assert_array_equal(a, b)
+    episodes = minari.load_dataset(dataset_id)
+    assert episodes.total_steps == 700
+    last = list(episodes.iterate_episodes())[-1]
+    assert last.terminations[-1] or last.truncations[-1]  # the step budget cuts the last episode as a time limit would
+
+
+# --- medium-replay: a tiny behaviour run stands in for the committed one ---------------------------
+
+TINY_SAC = {"env": "hopper", "seed": 0, "total_steps": 2000, "learning_starts": 100, "update_every": 50,
+            "batch_size": 32, "save_every": 100, "eval_episodes": 1, "resume_every": 100_000}
+
+
+@pytest.fixture
+def tiny_behavior(tmp_path, monkeypatch):
+    committed = tmp_path / "behavior" / "hopper"
+    committed.mkdir(parents=True)
+    (committed / "config.json").write_text(json.dumps(TINY_SAC))
+    (committed / "selection.json").write_text(json.dumps({"medium": {"step": 400}}))
+    monkeypatch.setattr(make_datasets, "BEHAVIOR_DIR", tmp_path / "behavior")
+    monkeypatch.setattr(make_datasets, "REPLAY_DIR", tmp_path / "behavior" / "_replay")
+    return committed
+
+
+def test_medium_replay_is_the_training_runs_buffer_and_replays_from_its_actions(minari_store, refs, tiny_behavior):
+    make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0")
+    recorded = arrays("offrl-standin/hopper/medium-replay-v0")
+    assert len(recorded[0]) == 400  # every transition up to the medium checkpoint's step
+    assert (tiny_behavior / "replay_history.csv").read_text().splitlines()[-1].startswith("400,")
+    dataset = minari.load_dataset("offrl-standin/hopper/medium-replay-v0")
+    starts = np.cumsum([0] + [len(e.rewards) for e in dataset.iterate_episodes()])[:-1]
+    for episode, start in zip(dataset.iterate_episodes(), starts):  # the training run reset with seed + its step
+        np.testing.assert_array_equal(episode.observations[0],
+                                      np.float32(gym.make("Hopper-v5").reset(seed=int(start))[0]))
+
+    # Later builds step the simulator through the committed actions instead of training again.
+    shutil.rmtree(make_datasets.REPLAY_DIR)
+    make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0", force=True)
+    assert not make_datasets.REPLAY_DIR.exists()
+    for a, b in zip(recorded, arrays("offrl-standin/hopper/medium-replay-v0")):
+        np.testing.assert_array_equal(a, b)
+
+    actions_file = tiny_behavior / make_datasets.RECORDED_ACTIONS
+    with np.load(actions_file) as saved:
+        tampered = {k: saved[k] for k in saved.files}
+    tampered["actions"][-1] += 0.01  # a last action that no longer matches: only the checksum can tell
+    np.savez(actions_file, **tampered)
+    with pytest.raises(DatasetError, match="bit for bit"):
+        make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0", force=True)
+
+
+def test_resumed_recording_ends_the_interrupted_episode_truncated(tmp_path):
+    args = train_behavior.Args(**TINY_SAC, out_dir=tmp_path, stop_at=250)
+    train_behavior.main(args)
+    train_behavior.main(dataclasses.replace(args, stop_at=400))  # resumes at step 250
+    with np.load(tmp_path / "_resume" / "hopper" / "buffer.npz") as saved:
+        buffer = {k: saved[k] for k in saved.files}
+    assert len(buffer["obs"]) == 400
+    assert buffer["truncated"][249] + buffer["terminal"][249] == 1  # the episode in progress ended at the resume
+    np.testing.assert_array_equal(buffer["obs"][250], np.float32(gym.make("Hopper-v5").reset(seed=250)[0]))
+    ends = np.flatnonzero(buffer["truncated"] + buffer["terminal"])
+    assert not (buffer["truncated"][ends] * buffer["terminal"][ends]).any()
+
+
+def test_a_recording_with_other_settings_is_not_resumed(minari_store, refs, tiny_behavior):
+    make_datasets.record_replay("hopper")
+    (tiny_behavior / "selection.json").write_text(json.dumps({"medium": {"step": 300}}))
+    with pytest.raises(DatasetError, match="other settings"):
+        make_datasets.record_replay("hopper")
