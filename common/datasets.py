@@ -174,8 +174,8 @@ CACHE_FILE = "flat_arrays.npz"
 
 
 def _flat_arrays(dataset, path: Path) -> dict:
-    """The episodes as flat float32 arrays. Reading episode by episode costs about a millisecond each, and a
-    random dataset holds ~50k episodes, so the result is cached beside the dataset (plain .npz, no pickle),
+    """The episodes as flat float32 arrays. Reading episode by episode costs up to 2 ms each, and a
+    random dataset holds ~45k episodes, so the result is cached beside the dataset (plain .npz, no pickle),
     keyed by the data files' sizes and modification times: a changed or damaged file is read afresh."""
     fingerprint = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
                            for f in sorted((path / "data").iterdir()))
@@ -186,7 +186,7 @@ def _flat_arrays(dataset, path: Path) -> dict:
                 return {k: saved[k] for k in ARRAYS}
     except Exception:
         pass  # no cache yet, or an unreadable one: read the dataset itself
-    arrays = _episodes_to_arrays(dataset)
+    arrays = _episodes_to_arrays(dataset, path)
     try:
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, fingerprint=np.array(fingerprint), **arrays)
@@ -196,9 +196,9 @@ def _flat_arrays(dataset, path: Path) -> dict:
     return arrays
 
 
-def _episodes_to_arrays(dataset) -> dict:
+def _episodes_to_arrays(dataset, path: Path) -> dict:
     obs, next_obs, action, reward, terminal, returns = [], [], [], [], [], []
-    for ep in dataset.storage.get_episodes(dataset.episode_indices):
+    for ep in _read_episodes(dataset, path):
         o = np.asarray(ep["observations"], np.float32)  # T+1 observations for T actions
         if o.ndim != 2 or len(o) != len(ep["actions"]) + 1:
             raise DatasetError(f"Dataset {dataset.id}: episode {ep['id']} is not a flat Box episode with T+1 "
@@ -214,6 +214,29 @@ def _episodes_to_arrays(dataset) -> dict:
     f32 = lambda parts: np.concatenate(parts).astype(np.float32)  # noqa: E731
     return {"obs": f32(obs), "action": f32(action), "reward": f32(reward), "next_obs": f32(next_obs),
             "terminal": f32(terminal), "episode_returns": np.asarray(returns, np.float32)}
+
+
+def _read_episodes(dataset, path: Path):
+    """The episodes' arrays, in order. Minari reads an episode in about 2 ms, most of it spent opening HDF5
+    objects through h5py's high-level API; a 1M-step random dataset has ~45k episodes. For a flat Box dataset
+    in Minari's HDF5 layout (one group per episode), h5py's low-level calls read the same arrays 4x faster."""
+    file = path / "data" / "main_data.hdf5"
+    flat = [isinstance(space, gym.spaces.Box) and len(space.shape) == 1
+            for space in (dataset.observation_space, dataset.action_space)]
+    if not (all(flat) and file.is_file()):
+        yield from dataset.storage.get_episodes(dataset.episode_indices)
+        return
+    import h5py
+
+    with h5py.File(file, "r") as f:
+        for i in dataset.episode_indices:
+            group = h5py.h5g.open(f.id, f"episode_{i}".encode())
+            episode = {"id": i}
+            for key in ("observations", "actions", "rewards", "terminations"):
+                data = h5py.h5d.open(group, key.encode())
+                episode[key] = np.empty(data.shape, data.dtype)
+                data.read(h5py.h5s.ALL, h5py.h5s.ALL, episode[key])
+            yield episode
 
 
 def reference_scores(metadata: dict, env_id: str) -> tuple[float | None, float | None, str | None]:
