@@ -106,6 +106,40 @@ def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool 
     plt.close(fig)
 
 
+IMITATION_METHODS = ("bc", "td3_bc", "awr", "iql", "cql")  # the BC control (td3_bc.py --alpha 0), then the families
+
+
+def imitation_comparison(cells: dict) -> dict[str, dict[str, tuple[float, float]]]:
+    """For each dataset with a BC control: the data's mean normalized return and each method's final score,
+    (mean, std) over seeds."""
+    comparison = {}
+    for env_id in sorted({env for env, name in cells if name == "bc"}):
+        rows = {name: summarize(cells[env_id, name]) for name in IMITATION_METHODS if (env_id, name) in cells}
+        dataset = next((row["dataset"] for row in rows.values() if row["dataset"]), None)
+        comparison[env_id] = ({"data": (dataset["mean_normalized_return"], 0.0)} if dataset else {}) | {
+            name: row["final"] for name, row in rows.items() if "final" in row}
+    return comparison
+
+
+def plot_imitation(comparison: dict, path: Path):
+    """Grouped bars: per dataset, the data's mean, the BC control and the four offline RL methods."""
+    names = ["data", *IMITATION_METHODS]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(comparison)), 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        x = [j for j, scores in enumerate(comparison.values()) if name in scores]
+        values = [scores[name] for scores in comparison.values() if name in scores]
+        ax.bar(np.array(x) + (i - (len(names) - 1) / 2) * width, [v[0] for v in values], width,
+               yerr=None if name == "data" else [v[1] for v in values], capsize=2, label="data's mean" if name == "data" else name,
+               color="lightgray" if name == "data" else None)
+    ax.set_xticks(range(len(comparison)), list(comparison), rotation=15, fontsize=8)
+    ax.set(ylabel="normalized score (final, mean ± std over seeds)", title="What offline RL buys over imitation")
+    ax.legend(fontsize=7, ncols=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def commands(cell_records) -> list[str]:
     """One line per command, the seeds that ran it folded into `--seed {0,1,2}`."""
     seeds = defaultdict(list)
@@ -158,6 +192,14 @@ def main(args: Args):
              "In the Q figures (mean over seeds, shaded from the lowest seed to the highest), IQL's values are in its",
              "scaled rewards (x 1000 / the data's return range).", ""]
     readme = []
+    comparison = imitation_comparison(cells)
+    if comparison:
+        plot_imitation(comparison, args.out.parent / "imitation.png")
+        paragraph = args.results / "IMITATION.md"  # hand-written: where each family wins and loses, from the figure
+        summary = [paragraph.read_text().strip(), ""] if paragraph.is_file() else []
+        lines += ["## What offline RL buys over imitation", "", "![what offline RL buys over imitation](imitation.png)",
+                  "", *summary]
+        readme += [f"![what offline RL buys over imitation]({args.out.parent.name}/imitation.png)", "", *summary]
     for env_id in sorted({env for env, _ in cells}):
         rows = {name: summarize(records) for (env, name), records in sorted(cells.items()) if env == env_id}
         dataset = next((row["dataset"] for row in rows.values() if row["dataset"]), None)

@@ -192,3 +192,21 @@ def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
     assert readme_text.startswith("# x\n<!--") and readme_text.endswith("<!-- results end -->\nrest\n")
     assert (tmp_path / "results_hopper-medium.png").stat().st_size > 0
     assert (tmp_path / "results_hopper-medium_q.png").stat().st_size > 0
+    assert not (tmp_path / "imitation.png").exists()  # no BC control, nothing to compare with
+
+
+def test_report_compares_each_method_with_the_bc_control_and_the_data(tmp_path):
+    write_cell(tmp_path / "results", "bc", 0, [30, 40])
+    write_cell(tmp_path / "results", "bc", 1, [30, 20])
+    write_cell(tmp_path / "results", "iql", 0, [50, 60])
+    write_cell(tmp_path / "results", "plain_td3", 0, [1, 0])  # a variant, not one of the compared methods
+    comparison = report.imitation_comparison(report.load_cells(tmp_path / "results"))
+    assert comparison == {"hopper-medium": {"data": (39.4, 0.0), "bc": (30.0, 10.0), "iql": (60.0, 0.0)}}
+
+    (tmp_path / "results" / "IMITATION.md").write_text("IQL beats the clone here.\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results: written by python -m benchmarks.report -->\n<!-- results end -->\n")
+    report.main(report.Args(results=tmp_path / "results", out=tmp_path / "results.md", readme=readme))
+    assert (tmp_path / "imitation.png").stat().st_size > 0
+    for text in ((tmp_path / "results.md").read_text(), readme.read_text()):
+        assert "imitation.png)" in text and "IQL beats the clone here." in text
