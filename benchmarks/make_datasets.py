@@ -21,6 +21,7 @@ statistics, not the bits.
 """
 
 import contextlib
+import csv
 import hashlib
 import json
 import math
@@ -43,6 +44,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
+from benchmarks.speed import machine
 from benchmarks.train_behavior import BEHAVIOR_DIR
 from common.datasets import (CACHE_FILE, ENVS, QUALITIES, REFERENCE_SCORES, STANDIN_NAMESPACE, DatasetError,
                              load_dataset, resolve_name)
@@ -111,7 +113,8 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
                      + " Reference scores: mean return over 100 episodes of uniformly random actions (ref_min) "
                      "and of the expert SAC policy sampling its actions (ref_max)."),
     )
-    start = time.perf_counter()
+    start, workers = time.perf_counter(), workers or len(os.sched_getaffinity(0))
+    method = f"collected by {workers} worker{'s' if workers > 1 else ''}"
     try:
         if quality == "medium-expert":
             parts = []
@@ -121,17 +124,23 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
                 parts.append(minari.load_dataset(part_id))
             dataset = minari.combine_datasets(parts, dataset_id)
             dataset.storage.update_metadata({k: v for k, v in metadata.items()})
+            method = "combined from its parts (built before)"
         else:
-            episodes = medium_replay(env) if quality == "medium-replay" else collect(
-                env, quality, num_steps, seed, workers or len(os.sched_getaffinity(0)))
+            if quality == "medium-replay":
+                episodes, method = medium_replay(env)
+            else:
+                episodes = collect(env, quality, num_steps, seed, workers)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*author_email.*")  # the stand-ins have no contact address
-                minari.create_dataset_from_buffers(dataset_id, episodes, env=ENVS[env], eval_env=ENVS[env],
-                                                   **metadata)
+                dataset = minari.create_dataset_from_buffers(dataset_id, episodes, env=ENVS[env], eval_env=ENVS[env],
+                                                             **metadata)
+        seconds = time.perf_counter() - start
+        dataset.storage.update_metadata({"build_seconds": round(seconds, 1), "build_method": method,
+                                         "build_machine": machine()})
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # never leave a half-written dataset behind
         raise
-    print(f"[data] built {dataset_id} at {path} in {time.perf_counter() - start:.0f} s")
+    print(f"[data] built {dataset_id} at {path} in {seconds:.0f} s ({method})")
     load_dataset(dataset_id)  # reads it back once, checking it and writing the flat-array cache that later loads use
 
 
@@ -238,14 +247,15 @@ REPLAY_DIR = BEHAVIOR_DIR / "_replay"
 RECORDED_ACTIONS = "replay_actions.npz"
 
 
-def medium_replay(env: str) -> list:
-    """The medium-replay episodes of `env`: replayed from the committed actions of the recording where they
-    exist (seconds), else recorded by rerunning the behaviour training (about an hour), which commits them."""
+def medium_replay(env: str) -> tuple[list, str]:
+    """The medium-replay episodes of `env`, and how they were made: replayed from the committed actions of the
+    recording where they exist (seconds), else recorded by rerunning the behaviour training (about an hour),
+    which writes those actions for committing."""
     if (BEHAVIOR_DIR / env / RECORDED_ACTIONS).exists():
-        return replay_recorded_actions(env)
+        return replay_recorded_actions(env), f"replayed from {RECORDED_ACTIONS}"
     episodes = record_replay(env)
     save_recorded_actions(env, episodes)
-    return episodes
+    return episodes, "recorded by rerunning the behaviour training"
 
 
 def record_replay(env: str) -> list:
@@ -364,27 +374,59 @@ def write_summary():
     import minari
     from minari.storage import get_dataset_path
 
-    from benchmarks.speed import machine
-
     rows = []
     for dataset_id in sorted(minari.list_local_datasets(prefix=STANDIN_NAMESPACE)):
+        meta = minari.load_dataset(dataset_id).storage.metadata
+        build = f"{meta['build_seconds']:.0f} s, {meta['build_method']}" if "build_seconds" in meta else "–"
         # the first load reads every episode and writes this cache; later loads read the cache
         (Path(get_dataset_path(dataset_id)) / CACHE_FILE).unlink(missing_ok=True)
         first, m = measure_load(dataset_id), measure_load(dataset_id)
         rows.append(f"| {dataset_id} | {m['episodes']} | {m['steps']} | {m['mean']:.1f} | {m['min']:.1f} | "
-                    f"{m['max']:.1f} | {m['normalized']:.1f} | {first['seconds']:.1f} s, {first['rss_mb']:.0f} MB | "
-                    f"{m['seconds']:.1f} s, {m['rss_mb']:.0f} MB |")
+                    f"{m['max']:.1f} | {m['normalized']:.1f} | {build} | {first['seconds']:.1f} s, "
+                    f"{first['rss_mb']:.0f} MB | {m['seconds']:.1f} s, {m['rss_mb']:.0f} MB |")
     SUMMARY.write_text(
         "# Stand-in datasets\n\nBuilt with `python -m benchmarks.make_datasets NAME` (seed 0, 1M steps unless noted; "
         "medium-expert is medium + expert) and tabulated with `python -m benchmarks.make_datasets --summary`\n"
         f"on {machine()}. Returns are undiscounted episode returns; the normalized score uses the dataset's own "
-        "reference scores. The last two columns are `load_dataset` in a fresh process, wall time and peak RSS: the "
-        "first load reads every episode and caches flat arrays beside the data; later loads read that cache. "
-        "A rebuild on another kind of machine keeps the episode count and these statistics, not the bits "
-        "(the policy's arithmetic differs in the last bits there, and the trajectories drift apart).\n\n"
-        "| dataset | episodes | steps | mean return | min | max | mean normalized score | first load | later loads |\n"
-        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        "reference scores. *build*: the build's wall time and how it was made, as recorded in the dataset's "
+        "metadata (the read-back after it is not counted). The last two columns are `load_dataset` in a fresh "
+        "process, wall time and peak RSS: the first load reads every episode and caches flat arrays beside the "
+        "data; later loads read that cache. A rebuild on another kind of machine keeps the episode count and these "
+        "statistics, not the bits (the policy's arithmetic differs in the last bits there, and the trajectories "
+        "drift apart).\n\n"
+        "| dataset | episodes | steps | mean return | min | max | mean normalized score | build | first load "
+        "| later loads |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + replay_reruns())
     print(SUMMARY.read_text())
+
+
+def replay_reruns() -> str:
+    """How close each medium-replay rerun came to the committed behaviour run, at the medium checkpoint's step."""
+    rows = []
+    for env in ENVS:
+        committed = BEHAVIOR_DIR / env
+        if not (committed / "replay_history.csv").exists():
+            continue
+        step = json.loads((committed / "selection.json").read_text())["medium"]["step"]
+        at_step = {}
+        for name in ("history.csv", "replay_history.csv"):
+            with (committed / name).open() as f:
+                at_step[name] = next(row for row in csv.DictReader(f) if int(row["step"]) == step)
+        committed_row, rerun = at_step["history.csv"], at_step["replay_history.csv"]
+        rows.append(f"| {env} | {step} | {committed_row['eval_return_mean']} ± {committed_row['eval_return_std']} | "
+                    f"{rerun['eval_return_mean']} ± {rerun['eval_return_std']} | {rerun['train_episodes']} | "
+                    f"{int(rerun['wall_time']) / 60:.0f} min |")
+    return (
+        "## medium-replay: the reruns\n\nEach medium-replay stand-in is the replay buffer of the behaviour SAC run, "
+        "redone from its committed config and seed up to the step at which the medium policy was selected "
+        "(`benchmarks/behavior/<env>/replay_history.csv`). The rerun is not the committed run bit for bit: the two "
+        "agree while actions are random and part from the first evaluation after the updates begin (the cause was "
+        "not established; both ran on 2-core AMD EPYC hosts with jax 0.10.2). Below: the "
+        "deterministic policy's return over the training run's evaluation episodes at that step, in the committed "
+        "run (`history.csv`) and in the rerun, the rerun's episode count there, and its wall time. Later builds "
+        f"replay the rerun's committed actions (`{RECORDED_ACTIONS}`) through the simulator in seconds, and stop "
+        "with an error if the observations do not come out bit for bit (checked against a checksum).\n\n"
+        "| environment | medium step | committed run's evaluation | rerun's evaluation | episodes | rerun's wall time |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n") if rows else ""
 
 
 @dataclass

@@ -84,7 +84,7 @@ def test_cli_rejects_bad_input(minari_store, refs):
 
 
 def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypatch):
-    make_datasets.build_dataset("offrl-standin/hopper/random-v0", num_steps=300, seed=0)
+    make_datasets.build_dataset("offrl-standin/hopper/random-v0", num_steps=300, seed=0, workers=2)
     monkeypatch.setattr(make_datasets, "SUMMARY", tmp_path / "datasets.md")
     make_datasets.write_summary()
     data = load_dataset("offrl-standin/hopper/random-v0")
@@ -93,7 +93,8 @@ def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypat
     assert cells[:4] == ["offrl-standin/hopper/random-v0", str(len(data.episode_returns)), "300",
                          f"{data.episode_returns.mean():.1f}"]
     assert cells[6] == f"{data.normalized_score(data.episode_returns).mean():.1f}"
-    assert cells[7].endswith("MB") and cells[8].endswith("MB")  # first load, then a load from the cache
+    assert cells[7].endswith(" s, collected by 2 workers")  # the build, from the dataset's metadata
+    assert cells[8].endswith("MB") and cells[9].endswith("MB")  # first load, then a load from the cache
 
 
 @pytest.mark.parametrize("quality", ["random", "medium"])  # medium: the committed policy, run in each worker
