@@ -245,22 +245,25 @@ def _environ(values: dict):
 
 REPLAY_DIR = BEHAVIOR_DIR / "_replay"
 RECORDED_ACTIONS = "replay_actions.npz"
+STOPPED_RECORDING = "replay_stopped"  # a recording stopped before its end, small enough to commit and go on elsewhere
 
 
 def medium_replay(env: str) -> tuple[list, str]:
     """The medium-replay episodes of `env`, and how they were made: replayed from the committed actions of the
     recording where they exist (seconds), else recorded by rerunning the behaviour training (about an hour),
     which writes those actions for committing."""
-    if (BEHAVIOR_DIR / env / RECORDED_ACTIONS).exists():
-        return replay_recorded_actions(env), f"replayed from {RECORDED_ACTIONS}"
+    recorded = BEHAVIOR_DIR / env / RECORDED_ACTIONS
+    if recorded.exists():
+        return replay_actions(env, recorded), f"replayed from {RECORDED_ACTIONS}"
     episodes = record_replay(env)
-    save_recorded_actions(env, episodes)
+    save_actions(recorded, episodes)
     return episodes, "recorded by rerunning the behaviour training"
 
 
 def record_replay(env: str) -> list:
     """Rerun `env`'s behaviour SAC from its committed config up to the medium checkpoint's step, and return
-    its replay buffer as episodes. The rerun resumes where it was stopped (the same command again)."""
+    its replay buffer as episodes. A stopped rerun goes on from where it stopped: here from its local state,
+    on another machine from the committed `replay_stopped/` folder that a stop writes."""
     from benchmarks import train_behavior
 
     committed = BEHAVIOR_DIR / env
@@ -272,27 +275,64 @@ def record_replay(env: str) -> list:
     stop = json.loads((committed / "selection.json").read_text())["medium"]["step"]
     known = {f.name for f in fields(train_behavior.Args)} - {"out_dir", "stop_at"}
     args = train_behavior.Args(**{k: v for k, v in config.items() if k in known}, out_dir=REPLAY_DIR, stop_at=stop)
-    replay_dir, earlier = REPLAY_DIR, REPLAY_DIR / env / "config.json"
+    local, stopped = REPLAY_DIR / env, committed / STOPPED_RECORDING
     settings = {k: getattr(args, k) for k in known | {"stop_at"}}
-    if earlier.exists() and {k: json.loads(earlier.read_text()).get(k) for k in settings} != settings:
-        raise DatasetError(f"{replay_dir / env} holds a recording made with other settings; delete it and "
-                           f"{replay_dir / '_resume' / env} to record afresh.")
-    print(f"[data] rerunning the behaviour SAC of {env} up to step {stop}, recording its replay buffer in {replay_dir}")
+    if (local / "config.json").exists() and {k: json.loads((local / "config.json").read_text()).get(k)
+                                             for k in settings} != settings:
+        raise DatasetError(f"{local} holds a recording made with other settings; delete it and "
+                           f"{REPLAY_DIR / '_resume' / env} to record afresh.")
+    if stopped.exists() and not (local / "resume.json").exists():
+        restore_stopped_recording(env, stopped)
+    print(f"[data] rerunning the behaviour SAC of {env} up to step {stop}, recording its replay buffer in {local}")
     train_behavior.main(args)
-    resume = replay_dir / env / "resume.json"
-    if json.loads(resume.read_text())["step"] != stop:
-        print(f"[data] the rerun stopped early; the same command resumes it from {replay_dir / env}")
+    step = json.loads((local / "resume.json").read_text())["step"]
+    with np.load(REPLAY_DIR / "_resume" / env / "buffer.npz", allow_pickle=False) as saved:
+        episodes = buffer_to_episodes({k: saved[k] for k in saved.files}, args.seed, step)
+    if step != stop:
+        stopped.mkdir(exist_ok=True)
+        save_actions(stopped / "actions.npz", episodes)
+        for name in ("resume.msgpack", "resume.json", "history.csv"):
+            shutil.copyfile(local / name, stopped / name)
+        size = sum(f.stat().st_size for f in stopped.iterdir()) / 2**20
+        print(f"[data] the rerun stopped at step {step} of {stop}. Here, the same command goes on from {local}; "
+              f"elsewhere, from {stopped} ({size:.1f} MiB; commit it)")
         raise KeyboardInterrupt
-    shutil.copyfile(replay_dir / env / "history.csv", committed / "replay_history.csv")
-    with np.load(replay_dir / "_resume" / env / "buffer.npz", allow_pickle=False) as saved:
-        data = {k: saved[k] for k in saved.files}
-    ends = np.flatnonzero((data["terminal"] > 0) | (data["truncated"] > 0)).tolist()
-    ends = ends if ends and ends[-1] == stop - 1 else [*ends, stop - 1]  # the rerun's last episode stops with it
+    shutil.rmtree(stopped, ignore_errors=True)
+    shutil.copyfile(local / "history.csv", committed / "replay_history.csv")
+    return episodes
+
+
+def restore_stopped_recording(env: str, stopped: Path):
+    """Put a committed stopped recording where `train_behavior` resumes from: its networks, optimisers and
+    random state as saved, and its replay buffer rebuilt by replaying the recorded actions."""
+    from benchmarks.train_behavior import ReplayBuffer
+
+    print(f"[data] going on from the stopped recording in {stopped}")
+    episodes = replay_actions(env, stopped / "actions.npz")
+    local, buffer_file = REPLAY_DIR / env, REPLAY_DIR / "_resume" / env / "buffer.npz"
+    local.mkdir(parents=True, exist_ok=True)
+    buffer_file.parent.mkdir(parents=True, exist_ok=True)
+    for name in ("resume.msgpack", "resume.json", "history.csv"):
+        shutil.copyfile(stopped / name, local / name)
+    flat = lambda parts: np.concatenate(parts).astype(np.float32)  # noqa: E731
+    buffer = {"obs": flat([e.observations[:-1] for e in episodes]), "action": flat([e.actions for e in episodes]),
+              "reward": flat([e.rewards for e in episodes]), "next_obs": flat([e.observations[1:] for e in episodes]),
+              "terminal": flat([e.terminations for e in episodes]), "truncated": flat([e.truncations for e in episodes])}
+    assert set(buffer) == set(ReplayBuffer.FIELDS)
+    np.savez(buffer_file, **buffer)
+
+
+def buffer_to_episodes(data: dict, seed: int, steps: int) -> list:
+    """The first `steps` rows of a replay buffer as episodes. Every training episode started from
+    reset(seed=seed + its first step); the last one ends where the buffer does."""
+    ends = np.flatnonzero((data["terminal"][:steps] > 0) | (data["truncated"][:steps] > 0)).tolist()
+    ends = ends if ends and ends[-1] == steps - 1 else [*ends, steps - 1]
     episodes, begin = [], 0
     for i, end in enumerate(ends):
         rows = slice(begin, end + 1)
-        episodes.append(_episode_buffer(i, args.seed + begin, np.concatenate([data["obs"][rows], data["next_obs"][end:end + 1]]),
-                                        data["action"][rows], data["reward"][rows], data["terminal"][end] > 0))
+        observations = np.concatenate([data["obs"][rows], data["next_obs"][end:end + 1]])
+        episodes.append(_episode_buffer(i, seed + begin, observations, data["action"][rows], data["reward"][rows],
+                                        data["terminal"][end] > 0))
         begin = end + 1
     return episodes
 
@@ -307,11 +347,9 @@ def _episode_buffer(index, seed, observations, actions, rewards, terminal: bool)
                          terminations=ends & terminal, truncations=ends & (not terminal))
 
 
-def save_recorded_actions(env: str, episodes: list):
-    """The recording in a few MB: its actions, episode lengths and ends, and checksums of what they produced.
-    Every training episode started from reset(seed=config seed + its first step), so the environment
-    reproduces the rest from these."""
-    path = BEHAVIOR_DIR / env / RECORDED_ACTIONS
+def save_actions(path: Path, episodes: list):
+    """A recording in a few MB: its actions, each episode's reset seed, length and end, and a checksum of
+    everything the simulator produced from them."""
     np.savez_compressed(path, actions=np.concatenate([e.actions for e in episodes]).astype(np.float32),
                         lengths=np.array([len(e.rewards) for e in episodes]),
                         seeds=np.array([e.seed for e in episodes]),
@@ -320,13 +358,15 @@ def save_recorded_actions(env: str, episodes: list):
     print(f"[data] wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): commit it, and later builds replay it")
 
 
-def replay_recorded_actions(env: str) -> list:
-    """The recording's episodes, rebuilt by stepping the environment through its committed actions. Stops with
-    an error where this machine's simulator does not reproduce the recorded observations bit for bit."""
-    path = BEHAVIOR_DIR / env / RECORDED_ACTIONS
+def replay_actions(env: str, path: Path) -> list:
+    """A recording's episodes, rebuilt by stepping the environment through its saved actions. Stops with an
+    error where this machine's simulator does not reproduce the recorded observations bit for bit."""
     with np.load(path, allow_pickle=False) as saved:
         recorded = {k: saved[k] for k in saved.files}
     sim = gym.make(ENVS[env])
+    diverged = DatasetError(f"Replaying {path} did not reproduce the recorded observations and rewards bit for bit "
+                            f"(the simulator's arithmetic differs on this machine). Delete {path} and build again "
+                            f"to record afresh, about an hour.")
     episodes, begin = [], 0
     for i, (length, seed, terminal) in enumerate(zip(recorded["lengths"], recorded["seeds"], recorded["terminal"])):
         actions = recorded["actions"][begin:begin + length]
@@ -336,16 +376,12 @@ def replay_recorded_actions(env: str) -> list:
             observations.append(obs)
             rewards.append(reward)
             if terminated != (terminal and t == length - 1):
-                raise DatasetError(f"Replaying {path} diverged from the recording at episode {i}, step {t} (the "
-                                   f"simulator's arithmetic differs on this machine). Delete {path} and build again "
-                                   f"to record afresh, about an hour.")
+                raise diverged
         episodes.append(_episode_buffer(i, int(seed), np.array(observations, np.float32), actions,
                                         np.array(rewards, np.float32), bool(terminal)))
         begin += length
     if _checksum(episodes) != str(recorded["checksum"]):
-        raise DatasetError(f"Replaying {path} did not reproduce the recorded observations and rewards bit for bit "
-                           f"(the simulator's arithmetic differs on this machine). Delete {path} and build again "
-                           f"to record afresh, about an hour.")
+        raise diverged
     return episodes
 
 

@@ -225,7 +225,7 @@ def main(args: Args):
         history.write_text("step,eval_return_mean,eval_return_std,train_episodes,wall_time\n")
     act_key = jax.random.fold_in(jax.random.PRNGKey(args.seed + 1_000_003), step)  # fresh noise after a resume
     bar = tqdm(total=last_step, initial=step, desc=env_id, smoothing=0.05)
-    start, metrics = time.time(), {}
+    start, metrics, saved_at = time.time(), {}, step
     while step < last_step and not interrupt.requested:
         for _ in range(args.update_every):
             if step < args.learning_starts:
@@ -252,9 +252,12 @@ def main(args: Args):
                                         f"{earlier_wall_time + time.time() - start:.0f}"])
             bar.write(f"step {step}: eval return {returns.mean():.0f} ± {returns.std():.0f}  "
                       + "  ".join(f"{k} {float(v):.3g}" for k, v in metrics.items()))
-        if step % args.resume_every == 0 or step == last_step or interrupt.requested:
+        if step % args.resume_every == 0 or step == last_step:
             save_resume(out, buffer_file, state, buffer, step, episodes, rng, earlier_wall_time + time.time() - start)
+            saved_at = step
     bar.close()
+    if saved_at != step:  # stopped between two scheduled saves (Ctrl-C at any moment of the loop)
+        save_resume(out, buffer_file, state, buffer, step, episodes, rng, earlier_wall_time + time.time() - start)
     if interrupt.requested:
         print(f"stopped at step {step}; run the same command to resume")
 

@@ -173,3 +173,42 @@ def test_a_recording_with_other_settings_is_not_resumed(minari_store, refs, tiny
     (tiny_behavior / "selection.json").write_text(json.dumps({"medium": {"step": 300}}))
     with pytest.raises(DatasetError, match="other settings"):
         make_datasets.record_replay("hopper")
+
+
+class StopSoon:
+    """Stands in for Ctrl-C: asks the behaviour run to stop a few blocks of steps in."""
+
+    def __init__(self):
+        self.reads = 0
+
+    @property
+    def requested(self):
+        self.reads += 1
+        return self.reads > 6
+
+
+def stopped_then_finished(monkeypatch, elsewhere: bool):
+    """Record a tiny medium-replay, stopped part way; then finish it here, or on a machine that has only the
+    committed files (`elsewhere`). Returns the finished dataset's arrays."""
+    with monkeypatch.context() as m:
+        m.setattr(train_behavior, "GracefulInterrupt", StopSoon)
+        with pytest.raises(KeyboardInterrupt):
+            make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0")
+    stopped = make_datasets.BEHAVIOR_DIR / "hopper" / make_datasets.STOPPED_RECORDING
+    assert 0 < json.loads((stopped / "resume.json").read_text())["step"] < 400
+    if elsewhere:
+        shutil.rmtree(make_datasets.REPLAY_DIR)
+    make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0")
+    assert not stopped.exists()  # the finished recording's actions supersede it
+    return arrays("offrl-standin/hopper/medium-replay-v0")
+
+
+def test_a_stopped_recording_goes_on_from_its_committed_state_as_from_its_local_one(
+        minari_store, refs, tiny_behavior, monkeypatch):
+    here = stopped_then_finished(monkeypatch, elsewhere=False)
+    assert len(here[0]) == 400
+    shutil.rmtree(make_datasets.REPLAY_DIR)
+    (tiny_behavior / make_datasets.RECORDED_ACTIONS).unlink()
+    shutil.rmtree(minari_store / "offrl-standin/hopper/medium-replay-v0")
+    for a, b in zip(here, stopped_then_finished(monkeypatch, elsewhere=True)):
+        np.testing.assert_array_equal(a, b)
