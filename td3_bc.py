@@ -1,4 +1,5 @@
-"""TD3+BC (Fujimoto & Gu, 2021): TD3 with a behavioural-cloning term in the actor loss, and little else.
+"""AC+BC: an off-policy actor-critic whose actor loss gains a behavioural-cloning term. TD3+BC (Fujimoto & Gu,
+2021) by default; DDPG+BC and SAC+BC (Haarnoja et al., 2018, with the same term) by flag.
 
 Objective, for (s, a, r, s', d) from the dataset, twin critics Q1, Q2, a deterministic actor π and polyak
 targets Q̄1, Q̄2, π̄ (observations normalized by the dataset's mean and std):
@@ -13,6 +14,19 @@ critic just updated (as TD3 does). λ only rescales Q so that α = 2.5 means the
 The observation statistics (std + 1e-3) are fixed before training, stored in the checkpoint and applied
 at evaluation too. Rewards are not scaled (the paper scales none).
 
+SAC+BC (`--variant sac_bc`): a tanh-Gaussian actor π(· | s), ã ~ π(· | s) reparameterised, temperature β:
+
+    critic     as above, with a' ~ π(· | s') in place of the smoothed target action (no target actor)
+    actor      L_π = E[ β log π(ã | s) − λ min_j Q_j(s, ã) ] − E_(s,a)~D[ log π(a | s) ],  λ = α / E|min_j Q_j|
+    entropy    L_β = −E[ log β · (log π(ã | s) − |A|) ]                                (target entropy −|A|)
+
+Dividing the lecture's AC+BC objective, max E_π[Q] + α' E_D[log π(a | s)] (its eq. 9, the forward KL to the
+data), by α' gives this actor loss with λ = 1/α', plus SAC's own entropy term. TD3+BC's squared error is the
+same data term for a deterministic policy: −log N(a; π(s), σ²) = |a − π(s)|² / 2σ² + const. log π(a | s) is
+finite at data actions on the bounds (|a| = 1) only because they are clipped to 1 − 1e-6 first. The entropy
+bonus is left out of the critic's backup, as in cql.py: Q then estimates the policy's return, comparable with
+the other methods' Q. The actor and β step every --policy-delay updates (default 1 here, as SAC does).
+
 Variants by flag: `--bc-weight 0` is plain offline TD3, whose actor chases Q at actions the data never
 tried (the failure that motivated offline RL); `--policy-noise 0 --policy-delay 1` is DDPG+BC, still with
 twin critics; `--alpha 0` leaves behavioural cloning alone.
@@ -22,7 +36,7 @@ writes the squared norm, |A| times larger); `--bc-weight` is ours, to switch the
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +44,8 @@ import optax
 import tyro
 
 from common.datasets import DatasetError, load_dataset
-from common.networks import Critic, DeterministicActor, TwinCritic
+from common.networks import (Critic, DeterministicActor, TanhGaussianActor, TwinCritic, sample_tanh_gaussian,
+                             tanh_gaussian_log_prob)
 from common.training import check_experiment_args, init_states, train_or_evaluate
 
 
@@ -58,6 +73,9 @@ class Args:
     checkpoint: Path | None = None
     """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
     # algorithm
+    variant: Literal["td3_bc", "sac_bc"] = "td3_bc"
+    """td3_bc: deterministic actor, target smoothing (DDPG+BC: --policy-noise 0 --policy-delay 1);
+    sac_bc: tanh-Gaussian actor with a learned entropy temperature"""
     alpha: float = 2.5
     """α: weight of Q against behavioural cloning in the actor loss (0 gives plain behavioural cloning)"""
     bc_weight: float = 1.0
@@ -66,8 +84,8 @@ class Args:
     """σ of the Gaussian noise added to the target action (0: no smoothing)"""
     noise_clip: float = 0.5
     """c: the target noise is clipped to [−c, c]"""
-    policy_delay: int = 2
-    """critic updates per actor (and target) update"""
+    policy_delay: int | None = None
+    """critic updates per actor (and target) update (default: 2 for td3_bc, as TD3; 1 for sac_bc, as SAC)"""
     discount: float = 0.99
     polyak: float = 0.005
     """ρ of the target updates"""
@@ -84,6 +102,8 @@ class TrainState(NamedTuple):
     target_actor: dict
     critic_opt: optax.OptState
     actor_opt: optax.OptState
+    log_beta: jax.Array  # SAC+BC's entropy temperature (unused by TD3+BC)
+    beta_opt: optax.OptState
     step: jax.Array  # updates done, for the actor delay
     obs_mean: jax.Array  # the dataset's observation statistics, applied at evaluation too
     obs_std: jax.Array
@@ -107,6 +127,16 @@ def td3_bc_actor_loss(q, policy_action, data_action, alpha, bc_weight):
     return -lam * q.mean() + bc_weight * bc, (lam, bc)
 
 
+def sac_bc_actor_loss(q, log_prob, data_log_prob, beta, alpha, bc_weight):
+    lam = jax.lax.stop_gradient(alpha / jnp.abs(q).mean())
+    bc = -data_log_prob.mean()  # −E_D[log π(a | s)]: the forward KL to the data, up to a constant
+    return (beta * log_prob - lam * q).mean() + bc_weight * bc, (lam, bc)
+
+
+def temperature_loss(log_beta, log_prob, target_entropy):
+    return -(log_beta * jax.lax.stop_gradient(log_prob + target_entropy)).mean()
+
+
 class TD3BC(NamedTuple):
     init: callable  # key -> TrainState (observation statistics 0 and 1: set them from the data)
     update: callable  # (state, batch) -> (state, metrics): one critic step, and the delayed actor step
@@ -114,23 +144,42 @@ class TD3BC(NamedTuple):
     policy: callable  # (state, raw obs) -> deterministic action, jitted
 
 
+def policy_delay(args: Args) -> int:
+    return args.policy_delay if args.policy_delay is not None else {"td3_bc": 2, "sac_bc": 1}[args.variant]
+
+
 def make_td3_bc(args: Args, obs_dim: int, action_dim: int) -> TD3BC:
-    critic, actor = TwinCritic(args.hidden_dims), DeterministicActor(action_dim, args.hidden_dims)
+    sac, delay = args.variant == "sac_bc", policy_delay(args)
+    actor_names = ACTOR_METRICS if sac else ACTOR_METRICS[:-1]  # a deterministic actor has no entropy
+    critic = TwinCritic(args.hidden_dims)
+    actor = TanhGaussianActor(action_dim, args.hidden_dims) if sac else DeterministicActor(action_dim, args.hidden_dims)
     q1 = Critic(args.hidden_dims)  # the first twin alone, for the actor loss (as TD3 does)
-    critic_opt, actor_opt = optax.adam(args.learning_rate), optax.adam(args.learning_rate)
+    critic_opt, actor_opt = optax.adam(args.learning_rate), optax.adam(args.learning_rate)  # actor_opt: β's too
 
     def first_twin(critic_params):
         return {"params": jax.tree.map(lambda x: x[0], critic_params["params"]["VmapCritic_0"])}
 
-    def actor_objective(actor_params, critic_params, batch):
+    def actor_objective(actor_params, critic_params, batch, beta, key):
+        if sac:
+            mean, log_std = actor.apply(actor_params, batch["obs"])
+            action, log_prob = sample_tanh_gaussian(mean, log_std, key)
+            q = critic.apply(critic_params, batch["obs"], action).min(0)
+            data_log_prob = tanh_gaussian_log_prob(mean, log_std, batch["action"])
+            loss, (lam, bc) = sac_bc_actor_loss(q, log_prob, data_log_prob, beta, args.alpha, args.bc_weight)
+            return loss, (lam, bc, log_prob)
         policy_action = actor.apply(actor_params, batch["obs"])
         q = q1.apply(first_twin(critic_params), batch["obs"], policy_action)
-        return td3_bc_actor_loss(q, policy_action, batch["action"], args.alpha, args.bc_weight)
+        loss, (lam, bc) = td3_bc_actor_loss(q, policy_action, batch["action"], args.alpha, args.bc_weight)
+        return loss, (lam, bc, jnp.zeros(()))
 
     def update(state: TrainState, batch):
-        key, noise_key = jax.random.split(state.key)
-        noise = args.policy_noise * jax.random.normal(noise_key, batch["action"].shape)
-        next_action = smoothed_target_action(actor.apply(state.target_actor, batch["next_obs"]), noise, args.noise_clip)
+        key, noise_key, actor_key = jax.random.split(state.key, 3)
+        if sac:  # the current policy's sampled action
+            next_action, _ = sample_tanh_gaussian(*actor.apply(state.actor, batch["next_obs"]), noise_key)
+        else:
+            noise = args.policy_noise * jax.random.normal(noise_key, batch["action"].shape)
+            next_action = smoothed_target_action(actor.apply(state.target_actor, batch["next_obs"]), noise,
+                                                 args.noise_clip)
         next_q = critic.apply(state.target_critic, batch["next_obs"], next_action).min(0)
 
         def critic_objective(critic_params):
@@ -142,24 +191,34 @@ def make_td3_bc(args: Args, obs_dim: int, action_dim: int) -> TD3BC:
         critic_params = optax.apply_updates(state.critic, updates)
 
         def actor_step(_):  # lax.cond runs only the branch taken: skipped updates cost no actor work
-            (a_loss, (lam, bc)), grads = jax.value_and_grad(actor_objective, has_aux=True)(
-                state.actor, critic_params, batch)
+            (a_loss, (lam, bc, log_prob)), grads = jax.value_and_grad(actor_objective, has_aux=True)(
+                state.actor, critic_params, batch, jnp.exp(state.log_beta), actor_key)
             updates, actor_opt_state = actor_opt.update(grads, state.actor_opt)
             actor_params = optax.apply_updates(state.actor, updates)
-            target_actor = optax.incremental_update(actor_params, state.target_actor, args.polyak)
+            log_beta, beta_opt_state = state.log_beta, state.beta_opt
+            if sac:  # β follows the entropy of the actions the actor just sampled
+                grad = jax.grad(temperature_loss)(state.log_beta, log_prob, -float(action_dim))
+                updates, beta_opt_state = actor_opt.update(grad, state.beta_opt)
+                log_beta = optax.apply_updates(state.log_beta, updates)
+            target_actor = state.target_actor if sac else optax.incremental_update(
+                actor_params, state.target_actor, args.polyak)  # SAC has no target actor
             target_critic = optax.incremental_update(critic_params, state.target_critic, args.polyak)
-            return actor_params, actor_opt_state, target_actor, target_critic, a_loss, lam, bc
+            values = dict(zip(ACTOR_METRICS, (a_loss, bc, lam, -log_prob.mean())))
+            return (actor_params, actor_opt_state, target_actor, target_critic, log_beta, beta_opt_state,
+                    {k: values[k] for k in actor_names})
 
         def no_actor_step(_):
-            return state.actor, state.actor_opt, state.target_actor, state.target_critic, 0.0, 0.0, 0.0
+            return (state.actor, state.actor_opt, state.target_actor, state.target_critic, state.log_beta,
+                    state.beta_opt, dict.fromkeys(actor_names, jnp.zeros(())))  # 0 where the actor rests
 
         step = state.step + 1
-        actor_params, actor_opt_state, target_actor, target_critic, a_loss, lam, bc = jax.lax.cond(
-            step % args.policy_delay == 0, actor_step, no_actor_step, None)
+        actor_params, actor_opt_state, target_actor, target_critic, log_beta, beta_opt_state, actor_values = (
+            jax.lax.cond(step % delay == 0, actor_step, no_actor_step, None))
         state = TrainState(critic_params, target_critic, actor_params, target_actor, critic_opt_state,
-                           actor_opt_state, step, state.obs_mean, state.obs_std, key)
-        metrics = {"losses/critic": c_loss, "values/q": q.mean(), "values/target_q": next_q.mean(),
-                   "losses/actor": a_loss, "losses/bc": bc, "values/lambda": lam}  # these three: 0 if the actor rests
+                           actor_opt_state, log_beta, beta_opt_state, step, state.obs_mean, state.obs_std, key)
+        metrics = {"losses/critic": c_loss, "values/q": q.mean(), "values/target_q": next_q.mean(), **actor_values}
+        if sac:
+            metrics["values/beta"] = jnp.exp(log_beta)
         return state, metrics
 
     def init(key):
@@ -167,9 +226,10 @@ def make_td3_bc(args: Args, obs_dim: int, action_dim: int) -> TD3BC:
         obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
         critic_params = critic.init(k_critic, obs, action)
         actor_params = actor.init(k_actor, obs)
+        log_beta = jnp.zeros(())  # β starts at 1
         return TrainState(critic_params, critic_params, actor_params, actor_params, critic_opt.init(critic_params),
-                          actor_opt.init(actor_params), jnp.zeros((), jnp.int32), jnp.zeros(obs_dim), jnp.ones(obs_dim),
-                          key)
+                          actor_opt.init(actor_params), log_beta, actor_opt.init(log_beta), jnp.zeros((), jnp.int32),
+                          jnp.zeros(obs_dim), jnp.ones(obs_dim), key)
 
     @jax.jit
     def train_chunk(state: TrainState, data: dict):
@@ -181,12 +241,13 @@ def make_td3_bc(args: Args, obs_dim: int, action_dim: int) -> TD3BC:
 
     @jax.jit
     def policy(state: TrainState, obs):
-        return actor.apply(state.actor, (obs - state.obs_mean) / state.obs_std)  # the training data's statistics
+        out = actor.apply(state.actor, (obs - state.obs_mean) / state.obs_std)  # the training data's statistics
+        return jnp.tanh(out[0]) if sac else out  # SAC+BC acts with its squashed mean
 
     return TD3BC(init, update, train_chunk, policy)
 
 
-ACTOR_METRICS = ("losses/actor", "losses/bc", "values/lambda")  # defined only on the updates that move the actor
+ACTOR_METRICS = ("losses/actor", "losses/bc", "values/lambda", "values/entropy")  # only where the actor moves
 
 
 def check_args(args: Args):
@@ -195,9 +256,9 @@ def check_args(args: Args):
         (args.alpha < 0, f"--alpha must be >= 0, got {args.alpha}"),
         (args.bc_weight < 0, f"--bc-weight must be >= 0, got {args.bc_weight}"),
         (args.policy_noise < 0 or args.noise_clip < 0, "--policy-noise and --noise-clip must be >= 0"),
-        (args.policy_delay <= 0, f"--policy-delay must be positive, got {args.policy_delay}"),
-        (args.policy_delay > 0 and args.log_every % args.policy_delay,
-         f"--log-every must be a multiple of --policy-delay ({args.policy_delay})"),
+        (policy_delay(args) <= 0, f"--policy-delay must be positive, got {args.policy_delay}"),
+        (policy_delay(args) > 0 and args.log_every % policy_delay(args),
+         f"--log-every must be a multiple of --policy-delay ({policy_delay(args)})"),
     )
 
 
@@ -214,7 +275,7 @@ def main(args: Args):
 
     td3_bc = make_td3_bc(args, data.obs.shape[1], data.action.shape[1])
     state = init_states(lambda key: td3_bc.init(key)._replace(obs_mean=obs_mean, obs_std=obs_std), args)
-    actor_rows = slice(args.policy_delay - 1, None, args.policy_delay)  # the updates of a chunk that moved the actor
+    actor_rows = slice(policy_delay(args) - 1, None, policy_delay(args))  # the updates of a chunk that moved the actor
 
     def summarize_metrics(metrics):
         return {k: v[actor_rows].mean() if k in ACTOR_METRICS else v.mean() for k, v in metrics.items()}

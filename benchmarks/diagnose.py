@@ -101,7 +101,9 @@ def main(args: Args):
         raise SystemExit(f"error: cannot read a checkpoint at {args.checkpoint} ({type(e).__name__}: {e})") from None
     seeds = meta.get("seeds", [0])
     data = load_dataset(meta["env_id"])
-    script_args = module.Args(env_id=meta["env_id"], seed=seeds[0], num_seeds=len(seeds), hidden_dims=args.hidden_dims)
+    variant = {"variant": meta["args"]["variant"]} if "variant" in meta.get("args", {}) else {}  # td3_bc.py's
+    script_args = module.Args(env_id=meta["env_id"], seed=seeds[0], num_seeds=len(seeds), hidden_dims=args.hidden_dims,
+                              **variant)
     agent = getattr(module, MAKERS[args.algo])(script_args, data.obs.shape[1], data.action.shape[1])
     try:
         states, _ = load_checkpoint(args.checkpoint, init_states(agent.init, script_args), args.algo)

@@ -77,12 +77,14 @@ def synthetic_data(key):
 
 
 MAKERS = {"iql": "make_iql", "td3_bc": "make_td3_bc", "awr": "make_awr", "cql": "make_cql"}
+VARIANTS = {"sac_bc": ("td3_bc", {"variant": "sac_bc"})}  # measured under their own name: script, flags
 
 
 def build(algo: str, log_every: int):
-    """(init, update, train_chunk) of one algorithm file with its default hyperparameters."""
-    module = importlib.import_module(algo)
-    agent = getattr(module, MAKERS[algo])(module.Args(log_every=log_every), OBS_DIM, ACTION_DIM)
+    """(init, update, train_chunk) of one algorithm file (or variant) with its default hyperparameters."""
+    script, flags = VARIANTS.get(algo, (algo, {}))
+    module = importlib.import_module(script)
+    agent = getattr(module, MAKERS[script])(module.Args(log_every=log_every, **flags), OBS_DIM, ACTION_DIM)
     return agent.init, agent.update, agent.train_chunk
 
 
@@ -164,7 +166,7 @@ def machine() -> str:
 
 @dataclass
 class Args:
-    algos: tuple[str, ...] = ("iql", "td3_bc", "awr", "cql")
+    algos: tuple[str, ...] = ("iql", "td3_bc", "sac_bc", "awr", "cql")
     seconds: float = 20.0
     """timed seconds per algorithm, after warm-up"""
     log_every: int = 1000

@@ -48,6 +48,23 @@ def test_lambda_carries_no_gradient():
     np.testing.assert_allclose(grad, [-2.5 / 3.0 / 2, -2.5 / 3.0 / 2], rtol=1e-6)
 
 
+def test_sac_bc_actor_loss_is_entropy_and_scaled_q_minus_data_log_likelihood():
+    q, log_prob, data_log_prob = np.array([2.0, -4.0]), np.array([0.5, -1.5]), np.array([-3.0, 1.0])
+    lam = 2.5 / 3.0
+    loss, (lam_out, bc) = td3_bc.sac_bc_actor_loss(q, log_prob, data_log_prob, 0.1, 2.5, 1.0)
+    expected = ((0.1 * 0.5 - lam * 2.0) + (0.1 * -1.5 + lam * 4.0)) / 2 + (3.0 - 1.0) / 2
+    assert float(loss) == pytest.approx(expected)
+    assert (float(lam_out), float(bc)) == pytest.approx((lam, 1.0))
+    grad = jax.grad(lambda q: td3_bc.sac_bc_actor_loss(q, log_prob, data_log_prob, 0.1, 2.5, 1.0)[0])(jnp.array(q))
+    np.testing.assert_allclose(grad, [-lam / 2, -lam / 2], rtol=1e-6)  # λ held fixed: no gradient through it
+
+
+def test_temperature_rises_when_entropy_is_below_target():
+    too_sure = jnp.array([5.0, 4.0])  # log π well above |A| = 2: entropy below the target −2
+    assert float(jax.grad(td3_bc.temperature_loss)(0.0, too_sure, -2.0)) < 0  # gradient descent raises log β
+    assert float(jax.grad(td3_bc.temperature_loss)(0.0, -too_sure, -2.0)) > 0
+
+
 # ---- the update -------------------------------------------------------------------------------
 
 @functools.cache
@@ -113,6 +130,41 @@ def test_actor_loss_does_not_move_the_critics():
     assert_trees_differ(a.actor, b.actor)
 
 
+def test_sac_bc_moves_actor_temperature_and_target_critic_every_update_and_keeps_no_target_actor():
+    _, agent, batch = small_td3_bc(variant="sac_bc")
+    state = agent.init(jax.random.PRNGKey(0))
+    after, metrics = agent.update(state, batch)
+    for field in ("critic", "actor", "target_critic", "log_beta"):
+        assert_trees_differ(getattr(after, field), getattr(state, field))
+    assert_trees_equal(after.target_actor, state.target_actor)
+    assert {"values/entropy", "values/beta"} <= set(metrics)
+    # the critic's target samples the current actor, not the (unused) target actor
+    other_target_actor = agent.init(jax.random.PRNGKey(1)).actor
+    assert_trees_equal(agent.update(state._replace(target_actor=other_target_actor), batch)[0].critic, after.critic)
+
+
+def test_sac_bc_data_term_raises_the_likelihood_of_the_data_actions():
+    args, agent, batch = small_td3_bc(variant="sac_bc", alpha=0.0)  # no Q term
+    state = agent.init(jax.random.PRNGKey(0))._replace(log_beta=jnp.float32(-30.0))  # β ≈ 0: the data term alone
+    actor = td3_bc.TanhGaussianActor(2, args.hidden_dims)
+
+    def data_log_likelihood(actor_params):
+        return float(td3_bc.tanh_gaussian_log_prob(*actor.apply(actor_params, batch["obs"]), batch["action"]).mean())
+
+    before = data_log_likelihood(state.actor)
+    for _ in range(20):
+        state, _ = agent.update(state, batch)
+    assert data_log_likelihood(state.actor) > before + 0.1
+
+
+def test_sac_bc_is_finite_for_data_actions_on_the_bounds():
+    _, agent, batch = small_td3_bc(variant="sac_bc")
+    on_bounds = batch | {"action": jnp.sign(batch["action"])}  # every action exactly ±1
+    state, metrics = agent.update(agent.init(jax.random.PRNGKey(0)), on_bounds)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.actor))
+
+
 def test_policy_normalizes_raw_observations_with_the_stored_statistics():
     args, agent, _ = small_td3_bc()
     mean, std = jnp.array([1.0, -2.0, 3.0]), jnp.array([2.0, 0.5, 4.0])
@@ -136,9 +188,10 @@ def test_same_seed_same_losses():
 CLI_SMALL = ["--hidden-dims", "32", "32", "--batch-size", "32", "--log-every", "100", "--eval-episodes", "2"]
 
 
-def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tmp_path, capsys):
+@pytest.mark.parametrize("variant", ["td3_bc", "sac_bc"])
+def test_cli_trains_saves_and_evaluates_with_the_same_statistics(variant, tiny_hopper, tmp_path, capsys):
     out = run_script("td3_bc.py", "--env-id", tiny_hopper, "--total-steps", "300", "--eval-every", "300",
-                     "--save-every", "200", *CLI_SMALL, cwd=tmp_path)
+                     "--save-every", "200", "--variant", variant, *CLI_SMALL, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "from project stand-in" in out.stdout
     (line,) = [s for s in (out.stderr + out.stdout).splitlines() if s.startswith("step      300 | return")]
@@ -151,14 +204,14 @@ def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tm
     from common.logger import load_checkpoint
 
     data = load_dataset(tiny_hopper)
-    template = td3_bc.make_td3_bc(td3_bc.Args(hidden_dims=(32, 32)), 11, 3).init(jax.random.PRNGKey(0))
+    template = td3_bc.make_td3_bc(td3_bc.Args(hidden_dims=(32, 32), variant=variant), 11, 3).init(jax.random.PRNGKey(0))
     saved, meta = load_checkpoint(run_dir / "final.msgpack", template, "td3_bc")
     assert meta["step"] == 300 and int(saved.step) == 300
     np.testing.assert_allclose(saved.obs_mean, data.obs.mean(0), rtol=1e-5)
     np.testing.assert_allclose(saved.obs_std, data.obs.std(0) + 1e-3, rtol=1e-5)
 
     again = run_script("td3_bc.py", "--env-id", tiny_hopper, "--eval-only", "--checkpoint",
-                       str(run_dir / "final.msgpack"), *CLI_SMALL, cwd=tmp_path)
+                       str(run_dir / "final.msgpack"), "--variant", variant, *CLI_SMALL, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert line in again.stdout  # deterministic policy, same start states, same statistics: the same line
 
@@ -173,6 +226,8 @@ def test_cli_trains_saves_and_evaluates_with_the_same_statistics(tiny_hopper, tm
     (["--alpha", "-1"], "--alpha must be >= 0"),
     (["--policy-delay", "0"], "--policy-delay must be positive"),
     (["--policy-delay", "3", "--log-every", "100"], "--log-every must be a multiple of --policy-delay (3)"),
+    (["--variant", "sac_bc", "--policy-delay", "0"], "--policy-delay must be positive"),
+    (["--variant", "sac"], "sac_bc"),  # an unknown variant names the valid ones
 ])
 def test_cli_bad_values_are_one_clear_line(args, message, minari_store, tmp_path):
     out = run_script("td3_bc.py", *args, cwd=tmp_path)
