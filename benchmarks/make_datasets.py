@@ -429,7 +429,9 @@ def write_summary():
         "process, wall time and peak RSS: the first load reads every episode and caches flat arrays beside the "
         "data; later loads read that cache. A rebuild on another kind of machine keeps the episode count and these "
         "statistics, not the bits (the policy's arithmetic differs in the last bits there, and the trajectories "
-        "drift apart).\n\n"
+        "drift apart). Since 2026-12-01 every episode draws its own action noise, so that any number of "
+        "`--workers` gives the same data; the medium stand-ins that the grid's medium rows trained on were built "
+        "before, from one stream of noise, and a rebuild no longer reproduces their bits.\n\n"
         "| dataset | episodes | steps | mean return | min | max | mean normalized score | build | first load "
         "| later loads |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + replay_reruns())
     print(SUMMARY.read_text())
