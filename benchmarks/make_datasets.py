@@ -227,9 +227,8 @@ def _cut(episode, steps: int):
         return episode
     truncations = episode.truncations[:steps].copy()
     truncations[-1] = True
-    return replace(episode, observations=episode.observations[: steps + 1],
-                               actions=episode.actions[:steps], rewards=episode.rewards[:steps],
-                               terminations=episode.terminations[:steps], truncations=truncations)
+    return replace(episode, observations=episode.observations[: steps + 1], actions=episode.actions[:steps],
+                   rewards=episode.rewards[:steps], terminations=episode.terminations[:steps], truncations=truncations)
 
 
 @contextlib.contextmanager
