@@ -12,16 +12,22 @@ A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluatio
 values of the chunk before it) and a `.json` beside it (the seed's own command, the command launched, wall
 time, machine, outcome). Rerunning the command skips every finished cell. A cell that was stopped (Ctrl-C,
 `kill`, even a power cut) goes on from its latest checkpoint, saved every --eval-every updates,
-and takes the updates it would have taken unstopped. A run that stops on a NaN is recorded as failed, not retried.
+and takes the updates it would have taken unstopped. A run that stops on a NaN is recorded as failed, not retried. `--jobs N` runs N programs at once, each
+writing its output to runs/benchmark_logs/: on a GPU they share it (a program's small updates leave it mostly
+idle, `benchmarks/speed_gpu.md`), and their evaluations spread over the host's cores.
 """
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +57,8 @@ class Args:
     accelerator, since on a CPU benchmarks/speed.md measures N vmapped seeds slower than N runs in a row"""
     work_dir: Path = ROOT
     """where the scripts run (and write their runs/ directories)"""
+    jobs: int = 1
+    """programs run at once, each in its own process (on a GPU: all on the one GPU)"""
 
 
 def cell_settings(args: Args, algo: str, env_id: str, seed: int) -> dict:
@@ -72,19 +80,31 @@ def split_by_seed(evaluations: Path | None) -> dict[int, list[str]]:
     return {seed: [header, *seed_rows] for seed, seed_rows in by_seed.items()}
 
 
-def launch(command: list[str], cwd: Path) -> int:
-    """Run a training script to its end. On Ctrl-C or SIGTERM here, it is asked once to stop, and waited for:
-    it finishes its chunk of updates and saves a checkpoint that the next attempt resumes from."""
-    process = subprocess.Popen(command, cwd=cwd, start_new_session=True)  # terminal Ctrl-C reaches it only via us
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
+RUNNING: set[subprocess.Popen] = set()  # the scripts running now, to stop them all at once under --jobs
+STOPPING = threading.Event()  # set once they are being stopped: no script starts after that
+
+
+def launch(command: list[str], cwd: Path, log: Path | None = None) -> int:
+    """Run a training script to its end, its output to `log` if given. On Ctrl-C or SIGTERM here, it is asked
+    once to stop, and waited for: it finishes its chunk of updates and saves a checkpoint that the next attempt
+    resumes from."""
+    if STOPPING.is_set():
+        raise KeyboardInterrupt
+    with open(log, "a") if log else contextlib.nullcontext() as out:
+        process = subprocess.Popen(command, cwd=cwd, start_new_session=True,  # terminal Ctrl-C reaches it only via us
+                                   stdout=out, stderr=subprocess.STDOUT if out else None)
+        RUNNING.add(process)
         try:
-            process.wait()
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now
-            process.kill()
-        raise
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            try:
+                process.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop now
+                process.kill()
+            raise
+        finally:
+            RUNNING.discard(process)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -106,7 +126,7 @@ def newest_run_dir(work_dir: Path, exp_name: str) -> Path | None:
     return found[-1] if found else None
 
 
-def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) -> str:
+def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, log: Path | None = None) -> str:
     """Train the cells' consecutive seeds in one process (--num-seeds); write each seed's evaluations and record.
 
     An earlier attempt at the same program that was stopped is resumed from its latest checkpoint."""
@@ -133,7 +153,7 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path) ->
         command += ["--checkpoint", str(resume_from)]
     start = time.time()
     try:
-        code = launch(command, work_dir)
+        code = launch(command, work_dir, log)
         wall = attempt["wall_s"] + time.time() - start
         run_dir = newest_run_dir(work_dir, attempt["exp_name"])
         by_seed = split_by_seed(run_dir / "evaluations.csv" if run_dir else None)
@@ -201,6 +221,8 @@ def main(args: Args):
     this_machine = machine()
     vmap_seeds = args.vmap_seeds if args.vmap_seeds is not None else jax.default_backend() != "cpu"
     groups = programs(todo, vmap_seeds)
+    if args.jobs > 1:
+        return run_at_once(groups, args.jobs, this_machine, args.work_dir)
     for i, group in enumerate(groups, 1):
         seeds = [settings["seed"] for settings, _ in group]
         vmapped = f" (seeds {seeds}, vmapped)" if len(seeds) > 1 else ""
@@ -212,6 +234,37 @@ def main(args: Args):
         except KeyboardInterrupt:
             raise SystemExit(f"interrupted during `{group[0][0]['command']}`; rerun the same command to go on")
         print(f"[{i}/{len(groups)}] {outcome}", flush=True)
+
+
+def run_at_once(groups: list, jobs: int, machine: str, work_dir: Path):
+    """`jobs` programs at a time. A stop (Ctrl-C, or a script that stopped alone) stops every running script
+    the way a stop of one does: each saves a checkpoint that the rerun resumes from."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX would give the first program 75% of a GPU
+    STOPPING.clear()
+    logs = work_dir / "runs" / "benchmark_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def run_one(i: int, group: list):
+        first = group[0][0]
+        log = logs / f"{first['env_id']}__{first['name']}__{first['seed']}.log"
+        print(f"[{i}/{len(groups)}] started: {first['command']} (seeds {[c['seed'] for c, _ in group]}; "
+              f"output in {log})", flush=True)
+        for _, out in group:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        outcome = run_program(group, machine, work_dir, log)
+        print(f"[{i}/{len(groups)}] {outcome}: {first['command']}", flush=True)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(run_one, i, group) for i, group in enumerate(groups, 1)]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except KeyboardInterrupt:
+            STOPPING.set()
+            for process in list(RUNNING):
+                process.terminate()
+            pool.shutdown(cancel_futures=True)  # waits for the running scripts to save and exit
+            raise SystemExit("interrupted; rerun the same command to go on") from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """benchmarks/run.py (the grid of training runs) and benchmarks/report.py (results.md and figures)."""
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -41,7 +42,7 @@ def test_grid_records_each_run_and_a_second_call_does_no_work(tiny_hopper, tmp_p
 
 def fake_script(steps_reached: int, code: int = 0, launched=None, ctrl_c=False):
     """Stands in for `run.launch`: a script whose evaluations.csv and final checkpoint stop at `steps_reached`."""
-    def fake_launch(command, cwd):
+    def fake_launch(command, cwd, log=None):
         if launched is not None:
             launched.append(command)
         exp_name = command[command.index("--exp-name") + 1]
@@ -98,6 +99,50 @@ def test_an_interrupted_run_is_not_recorded_and_the_rerun_resumes_it(ctrl_c, tmp
     assert resumed[:-2] == stopped and "--checkpoint" not in seed1
     assert "--save-every 100" in json.loads(records[0].read_text())["launched"]
     assert not list((tmp_path / "runs" / "benchmark_attempts").iterdir())
+
+
+def test_jobs_run_programs_at_once_each_with_its_own_log(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    running, most, logs, lock = [0], [0], [], threading.Lock()
+    finish = fake_script(steps_reached=200)
+
+    def overlapping_launch(command, cwd, log=None):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(0.3)  # long enough for the other programs to start
+        logs.append(log)
+        with lock:
+            running[0] -= 1
+        return finish(command, cwd)
+
+    monkeypatch.setattr(run, "launch", overlapping_launch)
+    run.main(small_grid("hopper-medium", tmp_path, seeds=(0, 1, 2), vmap_seeds=False, jobs=2))
+    assert most[0] == 2
+    assert len(list((tmp_path / "results" / "hopper-medium").glob("*.json"))) == 3
+    assert sorted(log.name for log in logs) == [f"hopper-medium__small_iql__{seed}.log" for seed in (0, 1, 2)]
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # the programs share one GPU
+
+
+def test_a_stopped_program_under_jobs_stops_the_grid_and_the_rerun_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    args = small_grid("hopper-medium", tmp_path, seeds=(0, 1), vmap_seeds=False, jobs=2)
+    half_way, both_started = fake_script(steps_reached=100), threading.Barrier(2, timeout=10)
+
+    def stops_half_way(command, cwd, log=None):  # both scripts run, and each stops half way
+        both_started.wait()
+        return half_way(command, cwd)
+
+    monkeypatch.setattr(run, "launch", stops_half_way)
+    with pytest.raises(SystemExit, match="interrupted; rerun the same command"):
+        run.main(args)
+    assert not list((tmp_path / "results").glob("*/*.json"))
+    launched = []
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=200, launched=launched))
+    run.main(args)
+    assert len(list((tmp_path / "results" / "hopper-medium").glob("*.json"))) == 2
+    assert all("--checkpoint" in command for command in launched)  # both went on from where they stopped
 
 
 def test_a_stopped_grid_asks_its_script_once_to_stop_and_waits_for_it(tmp_path):
