@@ -123,7 +123,7 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
                 build_dataset(part_id, num_steps, seed, workers=workers)
                 parts.append(minari.load_dataset(part_id))
             dataset = minari.combine_datasets(parts, dataset_id)
-            dataset.storage.update_metadata({k: v for k, v in metadata.items()})
+            dataset.storage.update_metadata(metadata | {"author": {metadata["author"]}})  # Minari wants a set here
             method = "combined from its parts (built before)"
         else:
             if quality == "medium-replay":

@@ -212,3 +212,13 @@ def test_a_stopped_recording_goes_on_from_its_committed_state_as_from_its_local_
     shutil.rmtree(minari_store / "offrl-standin/hopper/medium-replay-v0")
     for a, b in zip(here, stopped_then_finished(monkeypatch, elsewhere=True)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_medium_expert_is_medium_and_expert_combined_and_labelled(minari_store, refs):
+    make_datasets.build_dataset("offrl-standin/hopper/medium-expert-v0", num_steps=300, seed=0, workers=1)
+    combined = minari.load_dataset("offrl-standin/hopper/medium-expert-v0")
+    parts = [minari.load_dataset(f"offrl-standin/hopper/{q}-v0") for q in ("medium", "expert")]
+    assert combined.total_steps == 600 and combined.total_episodes == sum(p.total_episodes for p in parts)
+    meta = combined.storage.metadata
+    assert (meta["ref_min_score"], meta["ref_max_score"]) == (-20.0, 3000.0)
+    assert "medium-expert" in meta["description"] and meta["build_method"].startswith("combined")
