@@ -409,16 +409,16 @@ def write_summary():
     import minari
     from minari.storage import get_dataset_path
 
-    rows = []
+    rows = earlier_rows()  # datasets measured before and not in this store keep their rows
     for dataset_id in sorted(minari.list_local_datasets(prefix=STANDIN_NAMESPACE)):
         meta = minari.load_dataset(dataset_id).storage.metadata
         build = f"{meta['build_seconds']:.0f} s, {meta['build_method']}" if "build_seconds" in meta else "–"
         # the first load reads every episode and writes this cache; later loads read the cache
         (Path(get_dataset_path(dataset_id)) / CACHE_FILE).unlink(missing_ok=True)
         first, m = measure_load(dataset_id), measure_load(dataset_id)
-        rows.append(f"| {dataset_id} | {m['episodes']} | {m['steps']} | {m['mean']:.1f} | {m['min']:.1f} | "
-                    f"{m['max']:.1f} | {m['normalized']:.1f} | {build} | {first['seconds']:.1f} s, "
-                    f"{first['rss_mb']:.0f} MB | {m['seconds']:.1f} s, {m['rss_mb']:.0f} MB |")
+        rows[dataset_id] = (f"| {dataset_id} | {m['episodes']} | {m['steps']} | {m['mean']:.1f} | {m['min']:.1f} | "
+                            f"{m['max']:.1f} | {m['normalized']:.1f} | {build} | {first['seconds']:.1f} s, "
+                            f"{first['rss_mb']:.0f} MB | {m['seconds']:.1f} s, {m['rss_mb']:.0f} MB |")
     SUMMARY.write_text(
         "# Stand-in datasets\n\nBuilt with `python -m benchmarks.make_datasets NAME` (seed 0, 1M steps unless noted; "
         "medium-expert is medium + expert) and tabulated with `python -m benchmarks.make_datasets --summary`\n"
@@ -432,8 +432,21 @@ def write_summary():
         "`--workers` gives the same data; the medium stand-ins that the grid's medium rows trained on were built "
         "before, from one stream of noise, and a rebuild no longer reproduces their bits.\n\n"
         "| dataset | episodes | steps | mean return | min | max | mean normalized score | build | first load "
-        "| later loads |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + replay_reruns())
+        "| later loads |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows[k] for k in sorted(rows)) + "\n\n"
+        + replay_reruns())
     print(SUMMARY.read_text())
+
+
+def earlier_rows() -> dict[str, str]:
+    """The table rows already in datasets.md, by dataset id; rows from before the build column get a '–' there."""
+    rows = {}
+    for line in SUMMARY.read_text().splitlines() if SUMMARY.exists() else []:
+        cells = line.strip("|").split("|")
+        if line.startswith(f"| {STANDIN_NAMESPACE}/"):
+            if len(cells) == 9:
+                cells.insert(7, " – ")
+            rows[cells[0].strip()] = "|" + "|".join(cells) + "|"
+    return rows
 
 
 def replay_reruns() -> str:

@@ -86,9 +86,13 @@ def test_cli_rejects_bad_input(minari_store, refs):
 def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypatch):
     make_datasets.build_dataset("offrl-standin/hopper/random-v0", num_steps=300, seed=0, workers=2)
     monkeypatch.setattr(make_datasets, "SUMMARY", tmp_path / "datasets.md")
+    elsewhere = "| offrl-standin/walker2d/medium-v0 | 2349 | 1000000 | 1266.2 | -25.8 | 3140.7 | 31.5 | 3.8 s, 545 MB | 0.3 s, 239 MB |"
+    stale = "| offrl-standin/hopper/random-v0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 s | 8 s, 9 MB | 1 s, 2 MB |"
+    (tmp_path / "datasets.md").write_text(f"# Stand-in datasets\n\n| dataset |\n|---|\n{elsewhere}\n{stale}\n")
     make_datasets.write_summary()
     data = load_dataset("offrl-standin/hopper/random-v0")
-    (row,) = [line for line in (tmp_path / "datasets.md").read_text().splitlines() if "offrl-standin" in line]
+    row, kept = [line for line in (tmp_path / "datasets.md").read_text().splitlines() if "| offrl-standin" in line]
+    assert kept == elsewhere.replace("| 31.5 | 3.8 s", "| 31.5 | – | 3.8 s")  # not in this store: kept, no build
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:4] == ["offrl-standin/hopper/random-v0", str(len(data.episode_returns)), "300",
                          f"{data.episode_returns.mean():.1f}"]
