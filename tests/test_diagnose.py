@@ -64,7 +64,7 @@ def test_policy_q_reads_the_critic_as_it_was_trained():
     obs, action = np.array([[1.0, 3.0], [5.0, -1.0]], np.float32), np.array([[0.2], [-0.4]], np.float32)
     params = critic.init(jax.random.PRNGKey(0), obs, action)
     mean, std = np.array([2.0, 1.0], np.float32), np.array([4.0, 0.5], np.float32)
-    state = TrainState(params, None, None, None, None, None, None, mean, std, None)
+    state = TrainState(**dict.fromkeys(TrainState._fields))._replace(critic=params, obs_mean=mean, obs_std=std)
     twins = np.asarray(critic.apply(params, (obs - mean) / std, action))  # TD3+BC's critic saw normalized states
     np.testing.assert_allclose(diagnose.policy_q("td3_bc", state, (8,))(obs, action), twins.min(0), rtol=1e-6)
     twins = np.asarray(critic.apply(params, obs, action))  # CQL's saw raw ones
