@@ -121,12 +121,19 @@ TINY_SAC = {"env": "hopper", "seed": 0, "total_steps": 2000, "learning_starts": 
             "batch_size": 32, "save_every": 100, "eval_episodes": 1, "resume_every": 100_000}
 
 
+def write_committed_evaluation(committed, medium_return: float):
+    """The committed run's history, with `medium_return` as its evaluation at the medium checkpoint's step."""
+    (committed / "history.csv").write_text("step,eval_return_mean,eval_return_std,train_episodes,wall_time\n"
+                                           f"200,-1e9,0,1,1\n400,{medium_return},0,2,2\n")
+
+
 @pytest.fixture
 def tiny_behavior(tmp_path, monkeypatch):
     committed = tmp_path / "behavior" / "hopper"
     committed.mkdir(parents=True)
     (committed / "config.json").write_text(json.dumps(TINY_SAC))
     (committed / "selection.json").write_text(json.dumps({"medium": {"step": 400}}))
+    write_committed_evaluation(committed, 1e9)  # a level no tiny rerun reaches: its buffer ends at step 400
     monkeypatch.setattr(make_datasets, "BEHAVIOR_DIR", tmp_path / "behavior")
     monkeypatch.setattr(make_datasets, "REPLAY_DIR", tmp_path / "behavior" / "_replay")
     return committed
@@ -157,6 +164,27 @@ def test_medium_replay_is_the_training_runs_buffer_and_replays_from_its_actions(
     np.savez(actions_file, **tampered)
     with pytest.raises(DatasetError, match="bit for bit"):
         make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0", force=True)
+
+
+def test_medium_replay_ends_where_the_rerun_first_does_as_well_as_the_committed_medium_policy(
+        minari_store, refs, tiny_behavior):
+    make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0")
+    full = arrays("offrl-standin/hopper/medium-replay-v0")
+    # The rerun's evaluations as if it first met the committed medium level (50) at step 200.
+    (tiny_behavior / "replay_history.csv").write_text("step,eval_return_mean,eval_return_std,train_episodes,wall_time\n"
+                                                      "100,10,0,1,1\n200,50,0,2,2\n300,20,0,3,3\n400,90,0,4,4\n")
+    write_committed_evaluation(tiny_behavior, 50)
+    expected_end = 200
+    assert make_datasets.rerun_reaches_medium("hopper") == expected_end
+    make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0", force=True)
+    cut = arrays("offrl-standin/hopper/medium-replay-v0")
+    assert len(cut[0]) == expected_end
+    for a, b in zip(cut, full):  # the same transitions, in the same order: a prefix of the whole buffer
+        np.testing.assert_array_equal(a, b[:expected_end])
+    last = list(minari.load_dataset("offrl-standin/hopper/medium-replay-v0").iterate_episodes())[-1]
+    assert last.terminations[-1] or last.truncations[-1]
+    assert minari.load_dataset("offrl-standin/hopper/medium-replay-v0").storage.metadata["build_method"].endswith(
+        f"up to step {expected_end}")
 
 
 def test_resumed_recording_ends_the_interrupted_episode_truncated(tmp_path):
