@@ -77,11 +77,15 @@ def summarize(records: list[dict]) -> dict:
            "machine": ", ".join(sorted({short_machine(r["machine"]) for r in records})),
            "dataset": next((r["dataset"] for r in records if r.get("dataset")), None)}
     if scores.size:
-        final = scores[:, -1]
         best = int(np.argmax(scores.mean(0)))
-        row |= {"final": (final.mean(), final.std()), "final_step": int(steps[-1]),
-                "best": (scores[:, best].mean(), scores[:, best].std()), "best_step": int(steps[best])}
+        row |= {"final": mean_std(scores[:, -1]), "final_step": int(steps[-1]),
+                "best": mean_std(scores[:, best]), "best_step": int(steps[best])}
     return row
+
+
+def mean_std(values: np.ndarray) -> tuple[float, float | None]:
+    """Mean and std over seeds; one seed has no spread to report (None, not a measured 0)."""
+    return values.mean(), values.std() if len(values) > 1 else None
 
 
 def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool = False, data_mean=None):
@@ -116,7 +120,7 @@ def imitation_comparison(cells: dict) -> dict[str, dict[str, tuple[float, float]
     for env_id in sorted({env for env, name in cells if name == "bc"}):
         rows = {name: summarize(cells[env_id, name]) for name in IMITATION_METHODS if (env_id, name) in cells}
         dataset = next((row["dataset"] for row in rows.values() if row["dataset"]), None)
-        comparison[env_id] = ({"data": (dataset["mean_normalized_return"], 0.0)} if dataset else {}) | {
+        comparison[env_id] = ({"data": (dataset["mean_normalized_return"], None)} if dataset else {}) | {
             name: row["final"] for name, row in rows.items() if "final" in row}
     return comparison
 
@@ -130,7 +134,7 @@ def plot_imitation(comparison: dict, path: Path):
         x = [j for j, scores in enumerate(comparison.values()) if name in scores]
         values = [scores[name] for scores in comparison.values() if name in scores]
         ax.bar(np.array(x) + (i - (len(names) - 1) / 2) * width, [v[0] for v in values], width,
-               yerr=None if name == "data" else [v[1] for v in values], capsize=2, label="data's mean" if name == "data" else name,
+               yerr=None if name == "data" else [v[1] or 0.0 for v in values], capsize=2, label={"data": "data's mean", "bc": "BC control"}.get(name, name),
                color="lightgray" if name == "data" else None)
     ax.set_xticks(range(len(comparison)), list(comparison), rotation=15, fontsize=8)
     ax.set(ylabel="normalized score (final, mean ± std over seeds)", title="What offline RL buys over imitation")
@@ -150,7 +154,9 @@ def commands(cell_records) -> list[str]:
 
 
 def fmt(pair) -> str:
-    return f"{pair[0]:.1f} ± {pair[1]:.1f}" if pair else "–"
+    if not pair:
+        return "–"
+    return f"{pair[0]:.1f}" if pair[1] is None else f"{pair[0]:.1f} ± {pair[1]:.1f}"
 
 
 def score_table(rows: dict) -> list[str]:

@@ -225,6 +225,7 @@ def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 | test machine |" in text
     assert "| iql_long | 500 | 2 | 50.0 ± 0.0 | 50.0 ± 0.0 (500) | 2 | NVIDIA H100 80GB HBM3 |" in text
+    assert "| awr | 300 | 1 | 3.0 | 3.0 (300) |" in text  # one seed: no spread to report
     assert "- plain_td3: seed 0: failed (exit code 1) at update 200" in text
     assert "- plain_td3: 200 updates where the others have 300, to fit the machine's time" in text
     for name in ("iql", "awr", "iql_long"):
@@ -246,7 +247,7 @@ def test_report_compares_each_method_with_the_bc_control_and_the_data(tmp_path):
     write_cell(tmp_path / "results", "iql", 0, [50, 60])
     write_cell(tmp_path / "results", "plain_td3", 0, [1, 0])  # a variant, not one of the compared methods
     comparison = report.imitation_comparison(report.load_cells(tmp_path / "results"))
-    assert comparison == {"hopper-medium": {"data": (39.4, 0.0), "bc": (30.0, 10.0), "iql": (60.0, 0.0)}}
+    assert comparison == {"hopper-medium": {"data": (39.4, None), "bc": (30.0, 10.0), "iql": (60.0, None)}}  # one seed: no spread
 
     (tmp_path / "results" / "IMITATION.md").write_text("IQL beats the clone here.\n")
     readme = tmp_path / "README.md"
