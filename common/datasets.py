@@ -152,7 +152,7 @@ def load_dataset(name: str, report: bool = True) -> OfflineDataset:
             known = local | {f"mujoco/{env}/{q}-v0" for env in ENVS for q in OFFICIAL_QUALITIES}
             raise DatasetError(f"{resolved.official_id} is not in the local Minari store and the hub cannot be used "
                                f"({why}), so whether it exists cannot be checked; "
-                               f"{_closest(resolved.official_id, known, 'known here without the hub')}. If it exists, "
+                               f"{_closest(resolved.official_id, known, 'known here without the hub')}; if it exists, "
                                f"download it on a machine with internet (minari download {resolved.official_id}) "
                                f"and copy it into $MINARI_DATASETS_PATH.")
         note(f"{resolved.official_id} not available ({why}); using this project's stand-in "
