@@ -126,7 +126,8 @@ def test_evaluation_maps_the_policys_unit_actions_onto_the_bounds():
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bounded_actions_train_and_evaluate_as_the_prescaled_data_does(script, minari_store, tmp_path, monkeypatch):
+def test_bounded_actions_train_and_evaluate_as_the_prescaled_data_does(script, minari_store, tmp_path, monkeypatch,
+                                                                       capsys):
     """Pendulum's torques in [-2, 2] against the same data with them halved onto [-1, 1], by the same seed: the
     same losses (TD3+BC's BC error among them, measured on [-1, 1]), states and evaluation returns."""
     module = importlib.import_module(script)
@@ -145,6 +146,39 @@ def test_bounded_actions_train_and_evaluate_as_the_prescaled_data_does(script, m
     meta, bounded = read_checkpoint(runs["bounded"] / "final.msgpack")
     jax.tree.map(np.testing.assert_array_equal, bounded, read_checkpoint(runs["prescaled"] / "final.msgpack")[1])
     assert (meta["action_low"], meta["action_high"]) == ([-2.0], [2.0])
+
+    trained = eval_result_lines(capsys.readouterr().out)[-1]
+    module.main(module.Args(eval_only=True, checkpoint=runs["bounded"] / "final.msgpack", **SMALL))
+    assert eval_result_lines(capsys.readouterr().out) == [trained]  # --eval-only maps its actions back the same way
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: make_dataset("tests/cartpole/random-v0", "CartPole-v1", lambda rng: int(rng.integers(2)), episodes=1),
+     "action space Discrete(2); these scripts handle only continuous actions"),
+    (lambda: make_dataset("tests/echo/outside-v0", "tests/Echo-v0", lambda rng: np.array([3.0], np.float32), episodes=1),
+     "5 of its 5 actions lie outside the action space's bounds"),
+], ids=["discrete", "outside_bounds"])
+def test_data_that_cannot_be_handled_is_one_line_and_writes_nothing(make, message, minari_store, tmp_path):
+    make()
+    dataset_id = "tests/cartpole/random-v0" if "Discrete" in message else "tests/echo/outside-v0"
+    out = run_script("iql.py", "--env-id", dataset_id, *CLI_SMALL, cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: Dataset {dataset_id}") and message in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unknown_version_stops_the_script_before_anything_is_written(minari_store, tmp_path, monkeypatch):
+    import minari
+
+    monkeypatch.setattr(datasets, "hub_reachable", lambda: (True, ""))
+    monkeypatch.setattr(minari, "list_remote_datasets", lambda prefix=None, **_: {"mujoco/hopper/medium-v0": {}})
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module("td3_bc")
+    with pytest.raises(SystemExit, match="^error: Minari's hub has no dataset mujoco/hopper/medium-v99; the closest "
+                                         "ids the hub lists: mujoco/hopper/medium-v0"):
+        module.main(module.Args(env_id="mujoco/hopper/medium-v99", **SMALL))
+    assert not (tmp_path / "runs").exists() and list(minari_store.iterdir()) == []
 
 
 # ---- --eval-only from the checkpoint alone ------------------------------------------------------
