@@ -251,7 +251,8 @@ def unit_actions(dataset_id: str, action: np.ndarray, space: gym.spaces.Box) -> 
     if outside.any():
         raise DatasetError(f"Dataset {dataset_id}: {outside.sum()} of its {len(action)} actions lie outside the "
                            f"action space's bounds (low {space.low.tolist()}, high {space.high.tolist()}) by more "
-                           f"than {ACTION_TOLERANCE:g} of their half-range; only actions within the bounds are accepted.")
+                           f"than {ACTION_TOLERANCE:g} of their half-range; only actions within the bounds are "
+                           f"accepted.")
     return np.clip(unit, -1.0, 1.0)
 
 

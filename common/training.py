@@ -111,7 +111,8 @@ def eval_lines(seeds, step, returns, scores) -> list[str]:
         return [eval_line(step, returns[0], scores[0])]
     lines = [eval_line(step, r, score, seed) for seed, r, score in zip(seeds, returns, scores)]
     if scores[0] is not None:
-        lines.append(f"{len(seeds)} seeds   | step {step:>8d} | normalized {np.mean(scores):6.1f} ± {np.std(scores):.1f}")
+        lines.append(f"{len(seeds)} seeds   | step {step:>8d} | normalized {np.mean(scores):6.1f} ± "
+                     f"{np.std(scores):.1f}")
     return lines
 
 
@@ -154,6 +155,8 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
         env_spec = gym.envs.registration.EnvSpec.from_json(meta["eval_env_spec"])
         ref_scores, rescale = (meta["ref_min_score"], meta["ref_max_score"]), True
     else:
+        print(f"note: {args.checkpoint} records no environment (it was written before checkpoints did): evaluating "
+              f"it in its dataset's, with its actions passed on unscaled as they were then")
         data = load_training_data(dataclasses.replace(args, env_id=args.env_id or meta.get("env_id")))
         env_spec, ref_scores, rescale = data.env_spec, (data.ref_min_score, data.ref_max_score), False
     try:

@@ -211,7 +211,8 @@ def test_an_id_the_hub_does_not_list_is_an_error_naming_the_closest(name, closes
     else:
         hub_lists(monkeypatch)
     monkeypatch.setattr(minari, "download_dataset", no_download)
-    with pytest.raises(DatasetError, match=f"Minari's hub has no dataset .*; the closest ids the hub lists: .*{closest}"):
+    expected = f"Minari's hub has no dataset .*; the closest ids the hub lists: .*{closest}"
+    with pytest.raises(DatasetError, match=expected):
         load_dataset(name)
 
 

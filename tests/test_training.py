@@ -142,7 +142,8 @@ def test_bounded_actions_train_and_evaluate_as_the_prescaled_data_does(script, m
             for name, run in runs.items()}
     without_wall_time = {name: [row[:2] + row[3:] for row in r] for name, r in rows.items()}
     assert without_wall_time["bounded"] == without_wall_time["prescaled"]
-    assert "charts/episodic_return" in rows["bounded"][0] and ("losses/bc" in rows["bounded"][0]) == (script == "td3_bc")
+    header = rows["bounded"][0]
+    assert "charts/episodic_return" in header and ("losses/bc" in header) == (script == "td3_bc")
     meta, bounded = read_checkpoint(runs["bounded"] / "final.msgpack")
     jax.tree.map(np.testing.assert_array_equal, bounded, read_checkpoint(runs["prescaled"] / "final.msgpack")[1])
     assert (meta["action_low"], meta["action_high"]) == ([-2.0], [2.0])
