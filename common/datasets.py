@@ -137,10 +137,12 @@ def load_dataset(name: str, report: bool = True) -> OfflineDataset:
                 listed = remote_dataset_ids(resolved.official_id)
             except Exception as e:  # a dropped connection: as if the hub could not be reached
                 reachable, why = False, f"listing the hub's datasets failed: {e}"
-        if reachable:
-            if resolved.official_id not in listed:
+        if reachable and resolved.official_id not in listed:
+            if name == resolved.official_id or resolved.standin_id is None:  # a Minari id that exists nowhere
                 raise DatasetError(f"Minari's hub has no dataset {resolved.official_id}; "
                                    f"{_closest(resolved.official_id, listed, 'the hub lists')}.")
+            reachable, why = False, "the hub does not list it"  # a project name: its stand-in, as promised
+        if reachable:
             try:
                 minari.download_dataset(resolved.official_id)
                 return _read(resolved.official_id, "Minari hub (downloaded now)", notes, say)

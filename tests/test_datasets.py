@@ -196,24 +196,29 @@ def test_failed_download_of_a_listed_dataset_falls_back(minari_store, monkeypatc
     assert any("download failed" in note and "connection reset" in note for note in data.notes)
 
 
+def no_download(*args, **kwargs):
+    raise AssertionError("an id the hub does not list must not be downloaded")
+
+
 @pytest.mark.parametrize("name, closest", [("mujoco/hopper/medium-v99", "mujoco/hopper/medium-v0"),
                                            ("mujoco/hoper/expert-v0", "mujoco/hopper/expert-v0"),
-                                           ("hopper-medium-v2", None)])
+                                           ("mujoco/hopper/medium-replay-v0", "mujoco/hopper/medium-v0")])
 def test_an_id_the_hub_does_not_list_is_an_error_naming_the_closest(name, closest, minari_store, monkeypatch):
     make_counting_dataset("offrl-standin/hopper/medium-v0")  # a stand-in that must not replace the unknown id
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("an id the hub does not list must not be downloaded")
-
-    if closest is None:  # a project name whose official id the hub lacks (here, pretend so): still an error
-        hub_lists(monkeypatch, {k: v for k, v in HUB.items() if "medium" not in k})
-        closest = "mujoco/hopper/expert-v0"
-    else:
-        hub_lists(monkeypatch)
+    hub_lists(monkeypatch)
     monkeypatch.setattr(minari, "download_dataset", no_download)
     expected = f"Minari's hub has no dataset .*; the closest ids the hub lists: .*{closest}"
     with pytest.raises(DatasetError, match=expected):
         load_dataset(name)
+
+
+def test_a_project_name_whose_official_id_the_hub_lacks_gets_its_standin(minari_store, monkeypatch):
+    make_counting_dataset("offrl-standin/hopper/medium-v0")
+    hub_lists(monkeypatch, {k: v for k, v in HUB.items() if "medium" not in k})  # pretend the hub dropped it
+    monkeypatch.setattr(minari, "download_dataset", no_download)
+    data = load_dataset("hopper-medium")
+    assert data.dataset_id == "offrl-standin/hopper/medium-v0"
+    assert any("the hub does not list it" in note and "NOT the official data" in note for note in data.notes)
 
 
 def test_listing_that_fails_counts_as_an_unreachable_hub(minari_store, monkeypatch):
