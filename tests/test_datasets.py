@@ -311,6 +311,7 @@ def test_infinite_action_bounds_are_refused(minari_store):
         load_dataset("tests/unbounded/data-v0")
 
 
+@pytest.mark.filterwarnings("ignore:Action is not in action space")  # Minari records it all the same
 def test_data_actions_outside_the_bounds_are_refused_and_counted(minari_store):
     steps = iter(range(10_000))
     make_dataset("tests/echo/outside-v0", "tests/Echo-v0",  # steps 3 and 7 of the 10 go 10% past the bound
@@ -319,6 +320,7 @@ def test_data_actions_outside_the_bounds_are_refused_and_counted(minari_store):
         load_dataset("tests/echo/outside-v0")
 
 
+@pytest.mark.filterwarnings("ignore:Action is not in action space")  # Minari records it all the same
 def test_rounding_past_the_bounds_is_clipped(minari_store):
     make_dataset("tests/echo/rounding-v0", "tests/Echo-v0", lambda rng: np.array([2.0001], np.float32), episodes=1)
     np.testing.assert_array_equal(load_dataset("tests/echo/rounding-v0").action, 1.0)

@@ -153,6 +153,7 @@ def test_bounded_actions_train_and_evaluate_as_the_prescaled_data_does(script, m
     assert eval_result_lines(capsys.readouterr().out) == [trained]  # --eval-only maps its actions back the same way
 
 
+@pytest.mark.filterwarnings("ignore:Action is not in action space")  # Minari records it all the same
 @pytest.mark.parametrize("make, message", [
     (lambda: make_dataset("tests/cartpole/random-v0", "CartPole-v1", lambda rng: int(rng.integers(2)), episodes=1),
      "action space Discrete(2); these scripts handle only continuous actions"),
