@@ -15,7 +15,7 @@ is ever evaluated), this critic evaluates the current policy: its target and its
 sampled from π, which stay close to the data only because π is itself trained by weighted cloning.
 
 Settings: λ = 1 and w_max = 100 (as CORL's AWAC, Tarasov et al., 2022), k = 1, 2 x 256 networks, Adam 3e-4,
-no entropy term in the target, rewards not scaled. Sampled actions are clipped to [−1, 1].
+no entropy term in the target, rewards not scaled. Sampled actions are clipped to [−1, 1] (the loader's range).
 Deliberate deviations: the weights are clipped rather than normalised over the batch by a softmax (AWAC's
 code; Peng et al. clip too, at 20); the actor's log-std is state-independent (iql.py's actor); all losses
 read the networks from before the step, so the advantage reuses the critic's own forward pass.
@@ -30,16 +30,16 @@ import jax.numpy as jnp
 import optax
 import tyro
 
-from common.datasets import DatasetError, load_dataset
 from common.networks import GaussianActor, TwinCritic, gaussian_log_prob
-from common.training import check_experiment_args, init_states, train_or_evaluate
+from common.training import check_experiment_args, evaluate_checkpoint, init_states, load_training_data, train
 
 
 @dataclass
 class Args:
     # experiment
-    env_id: str = "hopper-medium"
-    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id"""
+    env_id: str | None = None
+    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id; unset: hopper-medium
+    (with --eval-only: the checkpoint's own)"""
     exp_name: str = "awr"
     seed: int = 0
     num_seeds: int = 1
@@ -190,17 +190,16 @@ def check_args(args: Args):
 
 def main(args: Args):
     check_args(args)
-    try:
-        data = load_dataset(args.env_id)
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}")
+    if args.eval_only:  # the checkpoint records its environment, bounds and scores: no dataset
+        return evaluate_checkpoint(args, "awr", make_awr)
+    data = load_training_data(args)
     device_data = {"obs": data.obs, "action": data.action, "reward": data.reward,
                    "next_obs": data.next_obs, "terminal": data.terminal}
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
     awr = make_awr(args, data.obs.shape[1], data.action.shape[1])
     state = init_states(awr.init, args)  # with --num-seeds N: N states, stacked
-    train_or_evaluate(args, "awr", awr, state, data, device_data)
+    train(args, "awr", awr, state, data, device_data)
 
 
 if __name__ == "__main__":

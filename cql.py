@@ -31,16 +31,16 @@ import jax.numpy as jnp
 import optax
 import tyro
 
-from common.datasets import DatasetError, load_dataset
 from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian, tanh_gaussian_log_prob
-from common.training import check_experiment_args, init_states, train_or_evaluate
+from common.training import check_experiment_args, evaluate_checkpoint, init_states, load_training_data, train
 
 
 @dataclass
 class Args:
     # experiment
-    env_id: str = "hopper-medium"
-    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id"""
+    env_id: str | None = None
+    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id; unset: hopper-medium
+    (with --eval-only: the checkpoint's own)"""
     exp_name: str = "cql"
     seed: int = 0
     num_seeds: int = 1
@@ -226,25 +226,26 @@ def make_cql(args: Args, obs_dim: int, action_dim: int) -> CQL:
 def check_args(args: Args):
     check_experiment_args(
         args,
-        (args.cql_alpha < 0, f"--cql-alpha must be >= 0, got {args.cql_alpha}"),
+        (not args.cql_alpha >= 0, f"--cql-alpha must be >= 0, got {args.cql_alpha}"),
         (args.bc_steps < 0, f"--bc-steps must be >= 0, got {args.bc_steps}"),
         (args.num_sampled_actions <= 0, f"--num-sampled-actions must be positive, got {args.num_sampled_actions}"),
+        (args.lagrange_threshold is not None and not jnp.isfinite(args.lagrange_threshold),
+         f"--lagrange-threshold must be a finite number, got {args.lagrange_threshold}"),
     )
 
 
 def main(args: Args):
     check_args(args)
-    try:
-        data = load_dataset(args.env_id)
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}")
+    if args.eval_only:  # the checkpoint records its environment, bounds and scores: no dataset
+        return evaluate_checkpoint(args, "cql", make_cql)
+    data = load_training_data(args)
     device_data = {"obs": data.obs, "action": data.action, "reward": data.reward,
                    "next_obs": data.next_obs, "terminal": data.terminal}
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
     cql = make_cql(args, data.obs.shape[1], data.action.shape[1])
     state = init_states(cql.init, args)  # with --num-seeds N: N states, stacked
-    train_or_evaluate(args, "cql", cql, state, data, device_data)
+    train(args, "cql", cql, state, data, device_data)
 
 
 if __name__ == "__main__":

@@ -27,16 +27,16 @@ import jax.numpy as jnp
 import optax
 import tyro
 
-from common.datasets import DatasetError, load_dataset
 from common.networks import GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
-from common.training import check_experiment_args, init_states, train_or_evaluate
+from common.training import check_experiment_args, evaluate_checkpoint, init_states, load_training_data, train
 
 
 @dataclass
 class Args:
     # experiment
-    env_id: str = "hopper-medium"
-    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id"""
+    env_id: str | None = None
+    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id; unset: hopper-medium
+    (with --eval-only: the checkpoint's own)"""
     exp_name: str = "iql"
     seed: int = 0
     num_seeds: int = 1
@@ -195,16 +195,17 @@ def check_args(args: Args):
     check_experiment_args(
         args,
         (not 0.5 <= args.expectile < 1, f"--expectile must be in [0.5, 1), got {args.expectile}"),
-        (args.beta < 0, f"--beta must be >= 0, got {args.beta}"),
+        (not args.beta >= 0, f"--beta must be >= 0, got {args.beta}"),
+        (not args.max_weight > 0, f"--max-weight must be > 0, got {args.max_weight}"),
+        (not args.bc_alpha >= 0, f"--bc-alpha must be >= 0, got {args.bc_alpha}"),
     )
 
 
 def main(args: Args):
     check_args(args)
-    try:
-        data = load_dataset(args.env_id)
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}")
+    if args.eval_only:  # the checkpoint records its environment, bounds and scores: no dataset
+        return evaluate_checkpoint(args, "iql", make_iql)
+    data = load_training_data(args)
     returns = data.episode_returns
     reward_scale = 1000.0 / max(returns.max() - returns.min(), 1e-6)
     device_data = {"obs": data.obs, "action": data.action, "reward": data.reward * reward_scale,
@@ -213,7 +214,7 @@ def main(args: Args):
 
     iql = make_iql(args, data.obs.shape[1], data.action.shape[1])
     state = init_states(iql.init, args)  # with --num-seeds N: N states, stacked
-    train_or_evaluate(args, "iql", iql, state, data, device_data)
+    train(args, "iql", iql, state, data, device_data)
 
 
 if __name__ == "__main__":

@@ -43,17 +43,17 @@ import jax.numpy as jnp
 import optax
 import tyro
 
-from common.datasets import DatasetError, load_dataset
 from common.networks import (Critic, DeterministicActor, TanhGaussianActor, TwinCritic, sample_tanh_gaussian,
                              tanh_gaussian_log_prob)
-from common.training import check_experiment_args, init_states, train_or_evaluate
+from common.training import check_experiment_args, evaluate_checkpoint, init_states, load_training_data, train
 
 
 @dataclass
 class Args:
     # experiment
-    env_id: str = "hopper-medium"
-    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id"""
+    env_id: str | None = None
+    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id; unset: hopper-medium
+    (with --eval-only: the checkpoint's own)"""
     exp_name: str = "td3_bc"
     seed: int = 0
     num_seeds: int = 1
@@ -253,9 +253,9 @@ ACTOR_METRICS = ("losses/actor", "losses/bc", "values/lambda", "values/entropy")
 def check_args(args: Args):
     check_experiment_args(
         args,
-        (args.alpha < 0, f"--alpha must be >= 0, got {args.alpha}"),
-        (args.bc_weight < 0, f"--bc-weight must be >= 0, got {args.bc_weight}"),
-        (args.policy_noise < 0 or args.noise_clip < 0, "--policy-noise and --noise-clip must be >= 0"),
+        (not args.alpha >= 0, f"--alpha must be >= 0, got {args.alpha}"),
+        (not args.bc_weight >= 0, f"--bc-weight must be >= 0, got {args.bc_weight}"),
+        (not (args.policy_noise >= 0 and args.noise_clip >= 0), "--policy-noise and --noise-clip must be >= 0"),
         (policy_delay(args) <= 0, f"--policy-delay must be positive, got {args.policy_delay}"),
         (policy_delay(args) > 0 and args.log_every % policy_delay(args),
          f"--log-every must be a multiple of --policy-delay ({policy_delay(args)})"),
@@ -264,10 +264,9 @@ def check_args(args: Args):
 
 def main(args: Args):
     check_args(args)
-    try:
-        data = load_dataset(args.env_id)
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}")
+    if args.eval_only:  # the checkpoint holds its environment, bounds, scores and observation statistics
+        return evaluate_checkpoint(args, "td3_bc", make_td3_bc)
+    data = load_training_data(args)
     obs_mean, obs_std = data.obs.mean(0), data.obs.std(0) + 1e-3
     device_data = {"obs": (data.obs - obs_mean) / obs_std, "action": data.action, "reward": data.reward,
                    "next_obs": (data.next_obs - obs_mean) / obs_std, "terminal": data.terminal}
@@ -280,7 +279,7 @@ def main(args: Args):
     def summarize_metrics(metrics):
         return {k: v[actor_rows].mean() if k in ACTOR_METRICS else v.mean() for k, v in metrics.items()}
 
-    train_or_evaluate(args, "td3_bc", td3_bc, state, data, device_data, summarize=summarize_metrics)
+    train(args, "td3_bc", td3_bc, state, data, device_data, summarize=summarize_metrics)
 
 
 if __name__ == "__main__":

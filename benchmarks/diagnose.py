@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import flax.serialization
-import gymnasium as gym
 import jax
 import numpy as np
 import tyro
 
 from benchmarks.speed import MAKERS
 from common.datasets import load_dataset
+from common.evaluation import make_env
 from common.logger import load_checkpoint
 from common.networks import TwinCritic
 from common.training import EVAL_SEED, init_states
@@ -42,8 +42,9 @@ class Args:
     """the networks' sizes, as the run was trained with"""
 
 
-def episode(policy, env_spec, seed: int):
-    env = gym.make(env_spec)
+def episode(policy, env_spec, seed: int, rescale_actions: bool = True):
+    """One episode; the policy acts in [-1, 1], mapped onto the environment's bounds as in evaluation."""
+    env = make_env(env_spec, rescale_actions)
     obs, _ = env.reset(seed=seed)
     states, rewards, terminated, truncated = [obs], [], False, False
     while not (terminated or truncated):
@@ -123,7 +124,8 @@ def main(args: Args):
         q = policy_q(args.algo, state, args.hidden_dims)
         print(f"seed {seed} (update {meta['step']}):")
         for j in range(args.episodes):
-            obs, rewards, ending = episode(lambda o: agent.policy(state, o), data.env_spec, EVAL_SEED + j)  # noqa: B023
+            obs, rewards, ending = episode(lambda o: agent.policy(state, o), data.env_spec, EVAL_SEED + j,  # noqa: B023
+                                           rescale_actions="action_low" in meta)  # older checkpoints acted unscaled
             visited.append(obs)
             far = np.flatnonzero(outside(obs[-1]))
             print(f"  episode {j}: return {rewards.sum():7.1f}, {len(rewards):4d} steps, {ending}; "

@@ -142,7 +142,7 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
         shutil.rmtree(path, ignore_errors=True)  # never leave a half-written dataset behind
         raise
     print(f"[data] built {dataset_id} at {path} in {seconds:.0f} s ({method})")
-    load_dataset(dataset_id)  # reads it back once, checking it and writing the flat-array cache that later loads use
+    load_dataset(dataset_id, report=False)  # read back once, silently: checks it and writes the flat-array cache
 
 
 ALGORITHMS = {"random": "uniform random actions", "medium": "SAC behaviour policy (medium)",

@@ -6,9 +6,15 @@
 Names: D4RL-style (`hopper-medium`, `walker2d-medium-expert`, D4RL's `hopper-medium-v2` too)
 or any Minari id (`mujoco/hopper/medium-v0`). Where the data comes from, in order:
   1. the local Minari store ($MINARI_DATASETS_PATH, else ~/.minari/datasets);
-  2. Minari's hub, if it answers within a few seconds;
+  2. Minari's hub, if it answers within a few seconds: an id the hub does not list is an error naming the
+     closest ids it does list;
   3. this project's stand-in, built from its own behaviour policies (`benchmarks/make_datasets.py`)
-     and stored under its own namespace, so it is never mistaken for the official data.
+     and stored under its own namespace, so it is never mistaken for the official data. Only for the
+     project's own names, or for an official id it stands in for when the hub cannot be reached (or the
+     download fails).
+
+Actions come in [-1, 1], the range of every policy's tanh, whatever the environment's Box bounds are:
+`action_low` and `action_high` keep those bounds, and evaluation maps the policy's actions back onto them.
 """
 
 import difflib
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.wrappers.utils import rescale_box
 
 STANDIN_NAMESPACE = "offrl-standin"
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
@@ -32,6 +39,8 @@ OFFICIAL_QUALITIES = ("medium", "expert")
 D4RL_NAMES = [f"{env}-{quality}" for env in ENVS for quality in QUALITIES]
 REFERENCE_SCORES = Path(__file__).with_name("reference_scores.json")
 HUB_TIMEOUT_S = 3.0
+# Data actions at most this far outside their bounds (as a fraction of half the range) are rounding: clipped.
+ACTION_TOLERANCE = 1e-3
 
 
 class DatasetError(Exception):
@@ -43,21 +52,27 @@ class OfflineDataset:
     dataset_id: str
     source: str  # where the data came from, for the run's logs
     obs: np.ndarray
-    action: np.ndarray
+    action: np.ndarray  # in [-1, 1]: the environment's bounds mapped onto the policies' range
     reward: np.ndarray
     next_obs: np.ndarray
     terminal: np.ndarray  # 1.0 only where the episode truly ended; time-limit truncations are 0.0
     episode_returns: np.ndarray
     env_spec: gym.envs.registration.EnvSpec  # the evaluation environment (Hopper-v5, ...)
+    action_low: np.ndarray  # that environment's action bounds, which -1 and 1 stand for in `action`
+    action_high: np.ndarray
     ref_min_score: float | None
     ref_max_score: float | None
     notes: list[str] = field(default_factory=list)  # what a user should know (reference scores, name mapping)
 
     def normalized_score(self, episode_return):
-        """100 * (return - ref_min) / (ref_max - ref_min), or None where no references exist."""
-        if self.ref_min_score is None or self.ref_max_score is None:
-            return None
-        return 100.0 * (np.asarray(episode_return) - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
+        return normalized_score(episode_return, self.ref_min_score, self.ref_max_score)
+
+
+def normalized_score(episode_return, ref_min: float | None, ref_max: float | None):
+    """100 * (return - ref_min) / (ref_max - ref_min), or None where no references exist."""
+    if ref_min is None or ref_max is None:
+        return None
+    return 100.0 * (np.asarray(episode_return) - ref_min) / (ref_max - ref_min)
 
 
 @dataclass
@@ -80,11 +95,12 @@ def resolve_name(name: str) -> Resolved:
         return Resolved(official, f"{STANDIN_NAMESPACE}/{env}/{quality}-v0", note)
     minari_id = re.fullmatch(r"([\w-]+)/(\w+)/([\w-]+)-v(\d+)", name)
     if minari_id:
-        namespace, env, quality, _ = minari_id.groups()
-        standin = f"{STANDIN_NAMESPACE}/{env}/{quality}-v0" if env in ENVS and quality in QUALITIES else None
+        namespace, env, quality, version = minari_id.groups()
         if namespace == STANDIN_NAMESPACE:
-            return Resolved(None, standin or name)
-        return Resolved(name, standin if namespace == "mujoco" else None)
+            return Resolved(None, name)
+        # A stand-in replaces only the official sets it was made after: mujoco/<env>/{medium,expert}-v0
+        stands_in = namespace == "mujoco" and env in ENVS and quality in OFFICIAL_QUALITIES and version == "0"
+        return Resolved(name, f"{STANDIN_NAMESPACE}/{env}/{quality}-v0" if stands_in else None)
     suggestion = difflib.get_close_matches(name, D4RL_NAMES, n=1)
     hint = f" Did you mean '{suggestion[0]}'?" if suggestion else ""
     raise DatasetError(
@@ -93,38 +109,84 @@ def resolve_name(name: str) -> Resolved:
     )
 
 
-def load_dataset(name: str) -> OfflineDataset:
-    """Find the dataset (local store, then hub, then stand-in) and return it as flat arrays."""
+def load_dataset(name: str, report: bool = True) -> OfflineDataset:
+    """Find the dataset (local store, then hub, then stand-in) and return it as flat arrays.
+
+    Each `[data]` line is printed once, as soon as it is known: a fallback's reason before the build it causes.
+    `report=False` prints nothing (a builder reading back what it wrote).
+    """
     import minari
 
     resolved = resolve_name(name)
-    notes = [resolved.note] if resolved.note else []
+    notes = []
+    say = print if report else (lambda *_: None)
+
+    def note(text: str):
+        notes.append(text)
+        say(f"[data] note: {text}")
+
+    if resolved.note:
+        note(resolved.note)
     local = set(minari.list_local_datasets())
     if resolved.official_id in local:
-        return _read(resolved.official_id, "local Minari store", notes)
+        return _read(resolved.official_id, "local Minari store", notes, say)
     if resolved.official_id:
         reachable, why = hub_reachable()
         if reachable:
             try:
+                listed = remote_dataset_ids(resolved.official_id)
+            except Exception as e:  # a dropped connection: as if the hub could not be reached
+                reachable, why = False, f"listing the hub's datasets failed: {e}"
+        if reachable and resolved.official_id not in listed:
+            if name == resolved.official_id or resolved.standin_id is None:  # a Minari id that exists nowhere
+                raise DatasetError(f"Minari's hub has no dataset {resolved.official_id}; "
+                                   f"{_closest(resolved.official_id, listed, 'the hub lists')}.")
+            reachable, why = False, "the hub does not list it"  # a project name: its stand-in, as promised
+        if reachable:
+            try:
                 minari.download_dataset(resolved.official_id)
-                return _read(resolved.official_id, "Minari hub (downloaded now)", notes)
-            except Exception as e:  # a name the hub lacks, a dropped connection: fall through to the stand-in
+                return _read(resolved.official_id, "Minari hub (downloaded now)", notes, say)
+            except DatasetError:
+                raise
+            except Exception as e:  # a dropped connection, a version this Minari cannot read: the stand-in
                 why = f"download failed: {e}"
         if resolved.standin_id is None:
+            known = local | {f"mujoco/{env}/{q}-v0" for env in ENVS for q in OFFICIAL_QUALITIES}
             raise DatasetError(f"{resolved.official_id} is not in the local Minari store and the hub cannot be used "
-                               f"({why}). Download it on a machine with internet (minari download "
-                               f"{resolved.official_id}) and copy it into $MINARI_DATASETS_PATH.")
-        notes.append(f"{resolved.official_id} not available ({why}); using this project's stand-in "
-                     f"{resolved.standin_id} instead, which is NOT the official data.")
+                               f"({why}), so whether it exists cannot be checked; "
+                               f"{_closest(resolved.official_id, known, 'known here without the hub')}; if it exists, "
+                               f"download it on a machine with internet (minari download {resolved.official_id}) "
+                               f"and copy it into $MINARI_DATASETS_PATH.")
+        note(f"{resolved.official_id} not available ({why}); using this project's stand-in "
+             f"{resolved.standin_id} instead, which is NOT the official data.")
     if resolved.standin_id not in local:
-        print(f"[data] building stand-in dataset {resolved.standin_id} (once; it is stored in the local Minari store)")
+        say(f"[data] building stand-in dataset {resolved.standin_id} (once; it is stored in the local Minari store)")
         try:
             from benchmarks.make_datasets import build_dataset
         except ImportError as e:
             raise DatasetError(f"{resolved.standin_id} is not in the local Minari store, and it can only be built "
                                f"from this repository's benchmarks/make_datasets.py ({e}).") from e
         build_dataset(resolved.standin_id)
-    return _read(resolved.standin_id, "project stand-in (local Minari store)", notes)
+    return _read(resolved.standin_id, "project stand-in (local Minari store)", notes, say)
+
+
+def remote_dataset_ids(dataset_id: str) -> set[str]:
+    """The ids Minari's hub lists under the dataset's first namespace (everything, if it lists none there)."""
+    import minari
+
+    return set(minari.list_remote_datasets(prefix=dataset_id.split("/")[0]) or minari.list_remote_datasets())
+
+
+def _closest(dataset_id: str, candidates, where: str) -> str:
+    """'the closest ids <where>: a, b, c', for an error message."""
+    closest = difflib.get_close_matches(dataset_id, sorted(candidates), n=3, cutoff=0.5)
+    shown = closest or sorted(candidates)[:5]
+    text = f"the closest ids {where}: {', '.join(shown)}" if shown else f"no ids are {where}"
+    if dataset_id.startswith("mujoco/"):  # the project's own name for the same data, where it has one
+        env, quality = dataset_id.split("/")[1], dataset_id.split("/")[-1].rsplit("-v", 1)[0]
+        if env in ENVS and quality in QUALITIES:
+            text += f" (this project's stand-in of it is --env-id {env}-{quality})"
+    return text
 
 
 def hub_reachable() -> tuple[bool, str]:
@@ -142,7 +204,7 @@ def hub_reachable() -> tuple[bool, str]:
         return False, f"cannot connect to {host}: {e}"
 
 
-def _read(dataset_id: str, source: str, notes: list[str]) -> OfflineDataset:
+def _read(dataset_id: str, source: str, notes: list[str], say=print) -> OfflineDataset:
     """Read a dataset from the local store into flat arrays, or raise DatasetError saying why not."""
     import minari
     from minari.storage import get_dataset_path
@@ -150,23 +212,50 @@ def _read(dataset_id: str, source: str, notes: list[str]) -> OfflineDataset:
     path = get_dataset_path(dataset_id)
     try:
         dataset = minari.load_dataset(dataset_id)
-        env_spec = dataset.recover_environment(eval_env=True).spec
+        env = dataset.recover_environment(eval_env=True)
+        env_spec, action_space = env.spec, env.action_space
+        env.close()
+        check_action_space(dataset_id, action_space)
         metadata = dataset.storage.metadata
         arrays = _flat_arrays(dataset, path)
+        arrays["action"] = unit_actions(dataset_id, arrays["action"], action_space)
     except DatasetError:
         raise
     except Exception as e:
         raise DatasetError(f"Could not read dataset {dataset_id} at {path}: {type(e).__name__}: {e}. The file may be "
                            f"corrupted or incomplete; delete that folder and run again to rebuild or re-download it.") from e
     ref_min, ref_max, ref_note = reference_scores(metadata, env_spec.id)
+    say(f"[data] {dataset_id}: {len(arrays['episode_returns'])} episodes, {len(arrays['reward'])} transitions, "
+        f"from {source}")
     if ref_note:
         notes.append(ref_note)
-    print(f"[data] {dataset_id}: {len(arrays['episode_returns'])} episodes, {len(arrays['reward'])} transitions, "
-          f"from {source}")
-    for note in notes:
-        print(f"[data] note: {note}")
-    return OfflineDataset(dataset_id, source, **arrays, env_spec=env_spec, ref_min_score=ref_min,
-                          ref_max_score=ref_max, notes=notes)
+        say(f"[data] note: {ref_note}")
+    return OfflineDataset(dataset_id, source, **arrays, env_spec=env_spec, action_low=action_space.low,
+                          action_high=action_space.high, ref_min_score=ref_min, ref_max_score=ref_max, notes=notes)
+
+
+def check_action_space(dataset_id: str, space):
+    """Every policy here acts in [-1, 1] through a tanh, mapped onto the environment's bounds: they must be finite."""
+    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):
+        raise DatasetError(f"Dataset {dataset_id} has the action space {space}; these scripts handle only "
+                           f"continuous actions, a one-dimensional gymnasium Box.")
+    if not (np.isfinite(space.low).all() and np.isfinite(space.high).all() and (space.low < space.high).all()):
+        raise DatasetError(f"Dataset {dataset_id} has the action space {space}, whose bounds are not finite (or "
+                           f"empty); the policies' actions in [-1, 1] can be mapped only onto finite bounds.")
+
+
+def unit_actions(dataset_id: str, action: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
+    """The data's actions mapped from the space's bounds onto [-1, 1] (unchanged, bit for bit, where those are
+    already [-1, 1]); actions outside the bounds by more than rounding are refused, not silently clipped."""
+    _, to_unit, _ = rescale_box(space, space.dtype.type(-1), space.dtype.type(1))  # the inverse of RescaleAction
+    unit = to_unit(action).astype(np.float32)
+    outside = (np.abs(unit) > 1 + ACTION_TOLERANCE).any(-1)
+    if outside.any():
+        raise DatasetError(f"Dataset {dataset_id}: {outside.sum()} of its {len(action)} actions lie outside the "
+                           f"action space's bounds (low {space.low.tolist()}, high {space.high.tolist()}) by more "
+                           f"than {ACTION_TOLERANCE:g} of their half-range; only actions within the bounds are "
+                           f"accepted.")
+    return np.clip(unit, -1.0, 1.0)
 
 
 ARRAYS = ("obs", "action", "reward", "next_obs", "terminal", "episode_returns")

@@ -2,19 +2,32 @@
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.wrappers import RescaleAction
 
 
-def run_episodes(policy, env_id: str, num_episodes: int, seed: int, repeat: int = 1) -> np.ndarray:
+def make_env(env_id, rescale_actions: bool = True) -> gym.Env:
+    """The environment, taking actions in [-1, 1] (every policy's tanh range) and mapping them onto its own Box
+    bounds, as the loader mapped the data's actions the other way. Already [-1, 1]: left as it is, bit for bit.
+    `rescale_actions=False` passes actions through (checkpoints from before the loader scaled them)."""
+    env = gym.make(env_id)
+    space = env.action_space
+    if rescale_actions and not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
+        env = RescaleAction(env, space.dtype.type(-1), space.dtype.type(1))
+    return env
+
+
+def run_episodes(policy, env_id, num_episodes: int, seed: int, repeat: int = 1,
+                 rescale_actions: bool = True) -> np.ndarray:
     """Return the undiscounted returns of `repeat` groups of `num_episodes` episodes, flat: (repeat * num_episodes,).
 
-    `policy(obs_batch) -> action_batch` acts on all episodes at once: one batched forward
-    pass per step, always of the same shape (finished episodes keep their last observation),
+    `policy(obs_batch) -> action_batch` acts on all episodes at once, in [-1, 1] (`make_env`): one batched
+    forward pass per step, always of the same shape (finished episodes keep their last observation),
     so a jitted policy compiles once. Episode j of every group is reset with seed `seed + j`, so
     the same seed always gives the same start states, and `repeat` > 1 evaluates several policies
     (the caller routes each group's rows to its own policy) from the same start states.
     `env_id` may be an id or a gymnasium EnvSpec.
     """
-    envs = [gym.make(env_id) for _ in range(repeat * num_episodes)]
+    envs = [make_env(env_id, rescale_actions) for _ in range(repeat * num_episodes)]
     obs = np.stack([env.reset(seed=seed + i % num_episodes)[0] for i, env in enumerate(envs)])
     returns = np.zeros(len(envs))
     alive = np.ones(len(envs), dtype=bool)
@@ -27,4 +40,3 @@ def run_episodes(policy, env_id: str, num_episodes: int, seed: int, repeat: int 
     for env in envs:
         env.close()
     return returns
-

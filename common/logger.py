@@ -90,14 +90,18 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
 def load_checkpoint(path: Path, template, algorithm: str):
     """Restore a state shaped like `template`; raises ValueError with a readable reason on a mismatch."""
     meta, saved = read_checkpoint(path)
-    if meta.get("algorithm") != algorithm:
-        raise ValueError(f"{path} was written by {meta.get('algorithm')}, not {algorithm}")
+    check_algorithm(path, meta, algorithm)
     try:
         state = flax.serialization.from_state_dict(template, saved)
         jax.tree.map(_same_shape, template, state)
     except Exception as e:
         raise ValueError(f"{path} does not fit these networks (env {meta.get('env_id')}): {e}") from e
     return state, meta
+
+
+def check_algorithm(path: Path, meta: dict, algorithm: str):
+    if meta.get("algorithm") != algorithm:
+        raise ValueError(f"{path} was written by {meta.get('algorithm')}, not {algorithm}")
 
 
 def _same_shape(a, b):

@@ -58,7 +58,7 @@ class ValueNet(nn.Module):
 
 
 class DeterministicActor(nn.Module):
-    """a = tanh(f(s)): actions in [-1, 1] (MuJoCo's action bounds)."""
+    """a = tanh(f(s)): actions in [-1, 1], onto which the loader maps every environment's bounds."""
 
     action_dim: int
     hidden_dims: Sequence[int] = (256, 256)

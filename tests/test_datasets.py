@@ -9,6 +9,7 @@ import pytest
 
 import tests.counting_env  # noqa: F401  (registers tests/Counting-v0)
 from common import datasets
+from tests.bounded_envs import make_dataset, pendulum_torque
 from common.datasets import DatasetError, load_dataset, resolve_name
 
 
@@ -53,6 +54,8 @@ def test_d4rl_version_suffix_is_accepted_with_a_note():
 def test_minari_ids_pass_through():
     assert resolve_name("mujoco/hopper/expert-v0").official_id == "mujoco/hopper/expert-v0"
     assert resolve_name("mujoco/hopper/expert-v0").standin_id == "offrl-standin/hopper/expert-v0"
+    for made_after_nothing in ("mujoco/hopper/medium-v99", "mujoco/hopper/random-v0", "mujoco/pen/medium-v0"):
+        assert resolve_name(made_after_nothing).standin_id is None  # stand-ins replace only what they copy
     assert resolve_name("D4RL/pen/human-v2").standin_id is None
     standin = resolve_name("offrl-standin/hopper/random-v0")
     assert standin.official_id is None and standin.standin_id == "offrl-standin/hopper/random-v0"
@@ -170,17 +173,78 @@ def test_offline_falls_back_to_the_standin_within_seconds(minari_store, monkeypa
     assert any("NOT the official data" in note and "Name or service" in note for note in data.notes)
 
 
-def test_failed_download_also_falls_back(minari_store, monkeypatch):
-    make_counting_dataset("offrl-standin/hopper/expert-v0")
+HUB = {f"mujoco/hopper/{quality}-v0": {} for quality in ("medium", "expert", "simple")} | {"D4RL/pen/human-v2": {}}
+
+
+def hub_lists(monkeypatch, datasets_on_hub=HUB):
+    """The hub answers, listing `datasets_on_hub` (filtered by prefix, as Minari's listing is)."""
     monkeypatch.setattr(datasets, "hub_reachable", lambda: (True, ""))
+    monkeypatch.setattr(minari, "list_remote_datasets", lambda prefix=None, **_: {
+        k: v for k, v in datasets_on_hub.items() if k.startswith(prefix or "")})
+
+
+def test_failed_download_of_a_listed_dataset_falls_back(minari_store, monkeypatch):
+    make_counting_dataset("offrl-standin/hopper/expert-v0")
+    hub_lists(monkeypatch)
 
     def broken(dataset_id):
-        raise ValueError(f"Couldn't find any version for dataset {dataset_id}")
+        raise ConnectionError("connection reset by peer")
 
     monkeypatch.setattr(minari, "download_dataset", broken)
     data = load_dataset("hopper-expert")
     assert data.dataset_id == "offrl-standin/hopper/expert-v0"
-    assert any("download failed" in note for note in data.notes)
+    assert any("download failed" in note and "connection reset" in note for note in data.notes)
+
+
+def no_download(*args, **kwargs):
+    raise AssertionError("an id the hub does not list must not be downloaded")
+
+
+@pytest.mark.parametrize("name, closest", [("mujoco/hopper/medium-v99", "mujoco/hopper/medium-v0"),
+                                           ("mujoco/hoper/expert-v0", "mujoco/hopper/expert-v0"),
+                                           ("mujoco/hopper/medium-replay-v0", "mujoco/hopper/medium-v0")])
+def test_an_id_the_hub_does_not_list_is_an_error_naming_the_closest(name, closest, minari_store, monkeypatch):
+    make_counting_dataset("offrl-standin/hopper/medium-v0")  # a stand-in that must not replace the unknown id
+    hub_lists(monkeypatch)
+    monkeypatch.setattr(minari, "download_dataset", no_download)
+    expected = f"Minari's hub has no dataset .*; the closest ids the hub lists: .*{closest}"
+    with pytest.raises(DatasetError, match=expected):
+        load_dataset(name)
+
+
+def test_a_project_name_whose_official_id_the_hub_lacks_gets_its_standin(minari_store, monkeypatch):
+    make_counting_dataset("offrl-standin/hopper/medium-v0")
+    hub_lists(monkeypatch, {k: v for k, v in HUB.items() if "medium" not in k})  # pretend the hub dropped it
+    monkeypatch.setattr(minari, "download_dataset", no_download)
+    data = load_dataset("hopper-medium")
+    assert data.dataset_id == "offrl-standin/hopper/medium-v0"
+    assert any("the hub does not list it" in note and "NOT the official data" in note for note in data.notes)
+
+
+def test_listing_that_fails_counts_as_an_unreachable_hub(minari_store, monkeypatch):
+    make_counting_dataset("offrl-standin/hopper/medium-v0")
+    monkeypatch.setattr(datasets, "hub_reachable", lambda: (True, ""))
+
+    def dropped(*args, **kwargs):
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(minari, "list_remote_datasets", dropped)
+    data = load_dataset("hopper-medium")
+    assert data.dataset_id == "offrl-standin/hopper/medium-v0"
+    assert any("listing the hub's datasets failed" in note for note in data.notes)
+
+
+@pytest.mark.parametrize("name", ["mujoco/hopper/medium-v99", "mujoco/hopper/random-v0"])
+def test_without_the_hub_an_official_id_no_standin_replaces_is_refused(name, minari_store, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_counting_dataset("offrl-standin/hopper/medium-v0")
+    with pytest.raises(DatasetError) as e:
+        load_dataset(name)
+    message = str(e.value)
+    assert f"{name} is not in the local Minari store and the hub cannot be used (HF_HUB_OFFLINE is set)" in message
+    assert "mujoco/hopper/medium-v0" in message  # what does exist, as far as can be known offline
+    if name.endswith("random-v0"):
+        assert "this project's stand-in of it is --env-id hopper-random" in message
 
 
 def test_hf_hub_offline_skips_the_hub(monkeypatch):
@@ -212,3 +276,51 @@ def test_second_load_comes_from_the_flat_cache_and_a_changed_file_is_reread(mina
     (minari_store / "tests/counting/data-v0/data/main_data.hdf5").write_bytes(b"damaged after caching")
     with pytest.raises(DatasetError, match="corrupted"):
         load_dataset("tests/counting/data-v0")
+
+
+# --- actions in any Box ------------------------------------------------------------------------
+
+def test_actions_are_mapped_from_the_bounds_onto_unit_range(minari_store):
+    make_dataset("tests/pendulum/bounded-v0", "Pendulum-v1", pendulum_torque(2.0))
+    make_dataset("tests/pendulum/prescaled-v0", "tests/UnitPendulum-v0", pendulum_torque(1.0))
+    bounded, prescaled = load_dataset("tests/pendulum/bounded-v0"), load_dataset("tests/pendulum/prescaled-v0")
+    raw = np.concatenate([ep.actions for ep in minari.load_dataset("tests/pendulum/bounded-v0").iterate_episodes()])
+    assert np.abs(raw).max() == 2.0 and bounded.action.dtype == np.float32
+    np.testing.assert_array_equal(bounded.action, raw / 2)
+    np.testing.assert_array_equal(bounded.action, prescaled.action)
+    np.testing.assert_array_equal(bounded.obs, prescaled.obs)  # the same pendulum, the same torques
+    assert (bounded.action_low.tolist(), bounded.action_high.tolist()) == ([-2.0], [2.0])
+    assert (prescaled.action_low.tolist(), prescaled.action_high.tolist()) == ([-1.0], [1.0])
+
+
+def test_unit_bounds_leave_the_actions_bit_for_bit():
+    space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action = np.random.default_rng(0).uniform(-1, 1, (50, 3)).astype(np.float32) ** 3  # many tiny values too
+    np.testing.assert_array_equal(datasets.unit_actions("d", action, space), action)
+
+
+def test_a_discrete_action_space_is_refused(minari_store):
+    make_dataset("tests/cartpole/random-v0", "CartPole-v1", lambda rng: int(rng.integers(2)), episodes=1)
+    with pytest.raises(DatasetError, match=r"action space Discrete\(2\); these scripts handle only continuous"):
+        load_dataset("tests/cartpole/random-v0")
+
+
+def test_infinite_action_bounds_are_refused(minari_store):
+    make_dataset("tests/unbounded/data-v0", "tests/Unbounded-v0", lambda rng: np.ones(1, np.float32), episodes=1)
+    with pytest.raises(DatasetError, match="bounds are not finite"):
+        load_dataset("tests/unbounded/data-v0")
+
+
+@pytest.mark.filterwarnings("ignore:Action is not in action space")  # Minari records it all the same
+def test_data_actions_outside_the_bounds_are_refused_and_counted(minari_store):
+    steps = iter(range(10_000))
+    make_dataset("tests/echo/outside-v0", "tests/Echo-v0",  # steps 3 and 7 of the 10 go 10% past the bound
+                 lambda rng: np.array([2.2 if next(steps) in (3, 7) else 2.0001], np.float32), episodes=2)
+    with pytest.raises(DatasetError, match=r"tests/echo/outside-v0: 2 of its 10 actions lie outside .* \[2.0\]"):
+        load_dataset("tests/echo/outside-v0")
+
+
+@pytest.mark.filterwarnings("ignore:Action is not in action space")  # Minari records it all the same
+def test_rounding_past_the_bounds_is_clipped(minari_store):
+    make_dataset("tests/echo/rounding-v0", "tests/Echo-v0", lambda rng: np.array([2.0001], np.float32), episodes=1)
+    np.testing.assert_array_equal(load_dataset("tests/echo/rounding-v0").action, 1.0)

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+import tests.bounded_envs  # noqa: F401  (registers tests/Echo-v0)
 from benchmarks import diagnose
 
 
@@ -70,3 +71,11 @@ def test_policy_q_reads_the_critic_as_it_was_trained():
     twins = np.asarray(critic.apply(params, obs, action))  # CQL's saw raw ones
     np.testing.assert_allclose(diagnose.policy_q("cql", state, (8,))(obs, action), twins.min(0), rtol=1e-6)
     assert diagnose.policy_q("iql", state, (8,)) is None  # its Q is the data's value, not the policy's
+
+
+def test_episodes_map_the_policys_actions_onto_the_bounds_as_evaluation_does():
+    _, rewards, ending = diagnose.episode(lambda obs: np.ones((1, 1), np.float32), "tests/Echo-v0", seed=0)
+    np.testing.assert_array_equal(rewards, [2.0] * 5)  # tests/Echo-v0 pays the action it receives, in [-2, 2]
+    assert ending == "time limit"
+    _, rewards, _ = diagnose.episode(lambda obs: np.ones((1, 1), np.float32), "tests/Echo-v0", 0, rescale_actions=False)
+    np.testing.assert_array_equal(rewards, [1.0] * 5)  # a checkpoint from before acted unscaled

@@ -254,3 +254,21 @@ def test_medium_expert_is_medium_and_expert_combined_and_labelled(minari_store, 
     meta = combined.storage.metadata
     assert (meta["ref_min_score"], meta["ref_max_score"]) == (-20.0, 3000.0)
     assert "medium-expert" in meta["description"] and meta["build_method"].startswith("combined")
+
+
+def test_the_first_run_says_why_before_it_builds_and_each_line_once(minari_store, refs, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(make_datasets, "build_dataset",
+                        functools.partial(make_datasets.build_dataset, num_steps=250, workers=1))
+    load_dataset("hopper-medium-v2")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[data]")]
+    assert len(lines) == len(set(lines)), lines
+
+    def first(text):
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    name, why = first("hopper-medium-v2 is D4RL's name"), first("not available (HF_HUB_OFFLINE is set)")
+    building, built = first("[data] building stand-in dataset"), first("[data] built offrl-standin/hopper/medium-v0")
+    summary = first("[data] offrl-standin/hopper/medium-v0: ")
+    assert name < why < building < built < summary == len(lines) - 1
+    assert "from project stand-in" in lines[summary]
