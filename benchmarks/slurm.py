@@ -123,8 +123,12 @@ def small_gpu_share():
 
 
 def make_executor(args) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=jobs_dir(args) / "%j", cluster=args.submitit_cluster,
-                                     slurm_max_num_timeout=args.max_timeouts)
+    try:
+        executor = submitit.AutoExecutor(folder=jobs_dir(args) / "%j", cluster=args.submitit_cluster,
+                                         slurm_max_num_timeout=args.max_timeouts)
+    except RuntimeError as e:  # submitit found no srun
+        raise SystemExit(f"error: --launcher slurm submits from a machine with SLURM's commands ({e}); "
+                         f"--submitit-cluster local runs the same jobs on this one")
     executor.update_parameters(name="offrl-grid", timeout_min=args.time_min, gpus_per_node=args.gpus_per_job,
                                cpus_per_task=args.cpus_per_job, slurm_partition=args.partition,
                                slurm_array_parallelism=args.array_parallelism)
@@ -170,9 +174,10 @@ def submit(args, todo: list[tuple[dict, Path]]) -> list[submitit.Job]:
             del cells[key]
     if not cells:
         return []
+    executor = make_executor(args)  # before the datasets: a machine that cannot submit stops here
     dataset_ids = prepare_datasets(cell[0][0]["env_id"] for cell in cells.values())
     vmap_seeds = args.vmap_seeds if args.vmap_seeds is not None else args.gpus_per_job > 0
-    executor, keys, jobs = make_executor(args), list(cells), []
+    keys, jobs = list(cells), []
     for start in range(0, len(keys), args.max_array_size):
         chunk = keys[start:start + args.max_array_size]
         try:

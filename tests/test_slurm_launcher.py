@@ -222,3 +222,15 @@ def test_the_flags_reach_sbatch(tmp_path, monkeypatch):
 def test_bad_slurm_flags_are_refused_before_any_work(overrides, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         run.main(small_grid("hopper-medium", tmp_path, launcher="slurm", **overrides))
+
+
+def test_submitting_without_slurm_says_so_before_preparing_any_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: -1))  # as if srun were missing
+
+    def no_datasets(env_ids):
+        raise AssertionError("datasets were prepared for jobs that cannot be submitted")
+
+    monkeypatch.setattr(slurm, "prepare_datasets", no_datasets)
+    with pytest.raises(SystemExit, match=r"^error: --launcher slurm submits from a machine with SLURM's commands .*; "
+                                         r"--submitit-cluster local runs the same jobs on this one$"):
+        run.main(small_grid("hopper-medium", tmp_path, launcher="slurm"))
