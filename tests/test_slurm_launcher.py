@@ -92,12 +92,11 @@ def test_a_preempted_job_is_requeued_and_ends_as_an_uninterrupted_run(tiny_hoppe
     (job,) = slurm.submit(args, run.unfinished(args, [run.cell_settings(args, "iql", tiny_hopper, 0)]))
     wait_for(lambda: list((tmp_path / "jobs" / "runs").glob("*__bench-*/checkpoint_100.msgpack")), "update 100")
 
-    capsys.readouterr()
-    assert run.main(args) == []  # its job is running: the rerun leaves it alone
-    assert f"{tiny_hopper}__small_iql: job {job.job_id} is still queued or running (RUNNING)" in capsys.readouterr().out
-
     (task,) = children(int(job.job_id))  # the process submitit runs the job in, under its local controller
     os.kill(task, signal.SIGUSR2)  # what SLURM sends a job it preempts, or before its time limit
+    capsys.readouterr()
+    assert run.main(args) == []  # its job is still on (being requeued): the rerun leaves it alone
+    assert f"{tiny_hopper}__small_iql: job {job.job_id} is still queued or running (RUNNING)" in capsys.readouterr().out
     job.wait()
     log = job.stdout()
     assert "Requeued job" in log and "resuming from" in log
