@@ -15,6 +15,10 @@ time, machine, outcome). Rerunning the command skips every finished cell. A cell
 and takes the updates it would have taken unstopped. A run that stops on a NaN is recorded as failed, not retried. `--jobs N` runs N programs at once, each
 writing its output to runs/benchmark_logs/: on a GPU they share it (a program's small updates leave it mostly
 idle, `benchmarks/speed_gpu.md`), and their evaluations spread over the host's cores.
+
+`--launcher slurm` submits each cell (one algorithm on one dataset, with all its seeds) as one SLURM job through
+submitit instead (benchmarks/slurm.py); the jobs run the same programs and write the same files. `--status` lists
+each cell's state.
 """
 
 import contextlib
@@ -30,6 +34,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -59,6 +64,33 @@ class Args:
     """where the scripts run (and write their runs/ directories)"""
     jobs: int = 1
     """programs run at once, each in its own process (on a GPU: all on the one GPU)"""
+    launcher: Literal["local", "slurm"] = "local"
+    """local: train the cells here; slurm: submit each cell (one algorithm on one dataset, all its seeds) as one
+    SLURM job through submitit, and return"""
+    status: bool = False
+    """list each cell's state (done, running or queued, failed with the last line of its log, not started) and exit"""
+
+    # --launcher slurm: what each job asks SLURM for (README: what each flag maps to in sbatch)
+    partition: str | None = None
+    """SLURM partition (sbatch --partition); unset: the cluster's default"""
+    time_min: int = 240
+    """time limit of one job in minutes (sbatch --time); a job that reaches it saves and is requeued"""
+    gpus_per_job: int = 1
+    """GPUs per job (sbatch --gpus-per-node); a job with a GPU trains its seeds as one vmapped program"""
+    cpus_per_job: int = 4
+    """CPU cores per job (sbatch --cpus-per-task); the evaluation episodes run on them"""
+    max_array_size: int = 1000
+    """at most this many jobs per job array (SLURM's MaxArraySize is 1001 unless the cluster changed it)"""
+    array_parallelism: int = 256
+    """at most this many jobs of one array running at once (the %N of sbatch --array)"""
+    max_timeouts: int = 10
+    """times one job may reach --time-min and be requeued to go on (preemptions do not count)"""
+    jobs_dir: Path | None = None
+    """submitit's job files and logs, and which job trains which cell; on a filesystem every node shares
+    (default: WORK_DIR/runs/benchmark_jobs)"""
+    submitit_cluster: Literal["slurm", "local"] = "slurm"
+    """local: run the same jobs on this machine through submitit's LocalExecutor, to try the path without a
+    cluster; the command then waits for them"""
 
 
 def cell_settings(args: Args, algo: str, env_id: str, seed: int) -> dict:
@@ -82,6 +114,14 @@ def split_by_seed(evaluations: Path | None) -> dict[int, list[str]]:
 
 RUNNING: set[subprocess.Popen] = set()  # the scripts running now, to stop them all at once under --jobs
 STOPPING = threading.Event()  # set once they are being stopped: no script starts after that
+# Signals the scripts ignore. A SLURM job sets its warning signal here: SLURM may send it to every process of
+# the job, and by default it would kill a script before it saved; the job's own handler stops the script instead.
+IGNORED_BY_SCRIPTS: tuple[int, ...] = ()
+
+
+def _ignore_signals():
+    for signum in IGNORED_BY_SCRIPTS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def launch(command: list[str], cwd: Path, log: Path | None = None) -> int:
@@ -92,7 +132,8 @@ def launch(command: list[str], cwd: Path, log: Path | None = None) -> int:
         raise KeyboardInterrupt
     with open(log, "a") if log else contextlib.nullcontext() as out:
         process = subprocess.Popen(command, cwd=cwd, start_new_session=True,  # terminal Ctrl-C reaches it only via us
-                                   stdout=out, stderr=subprocess.STDOUT if out else None)
+                                   stdout=out, stderr=subprocess.STDOUT if out else None,
+                                   preexec_fn=_ignore_signals if IGNORED_BY_SCRIPTS else None)
         RUNNING.add(process)
         try:
             return process.wait()
@@ -105,6 +146,19 @@ def launch(command: list[str], cwd: Path, log: Path | None = None) -> int:
             raise
         finally:
             RUNNING.discard(process)
+
+
+def stop_running_scripts():
+    """Ask every running script to stop (it finishes its chunk of updates and saves a checkpoint), and wait until
+    each has exited. Safe in a signal handler that interrupted `launch`: Popen.wait holds a lock there, so this waits
+    with waitid(WNOWAIT), which leaves the exited script for that Popen.wait to reap."""
+    for process in list(RUNNING):
+        process.terminate()
+    for process in list(RUNNING):
+        try:
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # it had exited and been reaped already
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -161,7 +215,7 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
                           else 0) for c, _ in cells)
         if code == 0 and steps_done < first["total_steps"]:
             raise KeyboardInterrupt  # the script alone was stopped (it saved and exited cleanly): not done
-    except KeyboardInterrupt:
+    except BaseException:  # a stop, or a SLURM job's exit after its checkpoint: keep the time spent for the record
         attempt_file.write_text(json.dumps(attempt | {"wall_s": attempt["wall_s"] + time.time() - start}) + "\n")
         raise
     outcome = "finished" if code == 0 else f"failed (exit code {code}) at update {steps_done}"
@@ -173,12 +227,19 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
             "outcome": outcome, "wall_s": round(wall, 1), "seeds_in_program": len(cells), "launched": launched,
             "machine": machine, "date": time.strftime("%Y-%m-%d"),
             "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
-        out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")  # written last: marks it done
+        write_atomically(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")  # written last: marks it done
     attempt_file.unlink()
     if not keep_checkpoints and run_dir:  # they were only there to resume from; final.msgpack stays
         for path in run_dir.glob("checkpoint_*.msgpack"):
             path.unlink()
     return outcome
+
+
+def write_atomically(path: Path, text: str):
+    """A stop in the middle (a SLURM job exits right after its checkpoint) never leaves half a record."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def programs(todo: list[tuple[dict, Path]], vmap_seeds: bool) -> list[list[tuple[dict, Path]]]:
@@ -200,24 +261,23 @@ def main(args: Args):
         raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {list(ALGOS)}")
     if args.script_args and not args.name:
         raise SystemExit("error: --script-args changes the algorithm: give the cells a --name of their own")
+    if args.launcher == "slurm" or args.status:
+        from benchmarks import slurm  # imports submitit, and never JAX: the submit host may have no GPU
+
+        if args.launcher == "slurm":
+            slurm.check_args(args)
+    cells = [cell_settings(args, algo, env_id, seed)
+             for env_id in args.env_ids for algo in args.algos for seed in args.seeds]
+    if args.status:
+        return slurm.print_status(args, cells)
+    todo = unfinished(args, cells)
+    print(f"{len(cells) - len(todo)} of {len(cells)} runs already done; {len(todo)} to go")
+    if args.launcher == "slurm":
+        return slurm.main(args, todo)
     import jax  # imported only once the flags are known to be good
 
     from benchmarks.speed import machine
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the grid as Ctrl-C does
-    cells = [cell_settings(args, algo, env_id, seed)
-             for env_id in args.env_ids for algo in args.algos for seed in args.seeds]
-    todo = []
-    for settings in cells:
-        out = args.results / settings["env_id"] / f"{settings['name']}__seed{settings['seed']}"
-        record = out.with_suffix(".json")
-        if record.is_file():
-            previous = json.loads(record.read_text())
-            if previous["command"] != settings["command"]:
-                raise SystemExit(f"error: {record} was made by `{previous['command']}`, not `{settings['command']}`; "
-                                 f"pass another --name or delete it")
-            continue
-        todo.append((settings, out))
-    print(f"{len(cells) - len(todo)} of {len(cells)} runs already done; {len(todo)} to go")
     this_machine = machine()
     vmap_seeds = args.vmap_seeds if args.vmap_seeds is not None else jax.default_backend() != "cpu"
     groups = programs(todo, vmap_seeds)
@@ -234,6 +294,27 @@ def main(args: Args):
         except KeyboardInterrupt:
             raise SystemExit(f"interrupted during `{group[0][0]['command']}`; rerun the same command to go on")
         print(f"[{i}/{len(groups)}] {outcome}", flush=True)
+
+
+def record_path(args: Args, settings: dict) -> Path:
+    """Where a cell's seed keeps its evaluations (.csv) and its record (.json), without the suffix."""
+    return args.results / settings["env_id"] / f"{settings['name']}__seed{settings['seed']}"
+
+
+def unfinished(args: Args, cells: list[dict]) -> list[tuple[dict, Path]]:
+    """The (settings, record path) of every seed not recorded yet; stops if a record was made by another command."""
+    todo = []
+    for settings in cells:
+        out = record_path(args, settings)
+        record = out.with_suffix(".json")
+        if record.is_file():
+            previous = json.loads(record.read_text())
+            if previous["command"] != settings["command"]:
+                raise SystemExit(f"error: {record} was made by `{previous['command']}`, not `{settings['command']}`; "
+                                 f"pass another --name or delete it")
+            continue
+        todo.append((settings, out))
+    return todo
 
 
 def run_at_once(groups: list, jobs: int, machine: str, work_dir: Path):
