@@ -26,11 +26,11 @@ import numpy as np
 import tyro
 
 from benchmarks.speed import MAKERS
+from common.checkpoints import load_checkpoint
 from common.datasets import load_dataset
-from common.evaluation import make_env
-from common.logger import load_checkpoint
+from common.evaluation import EVAL_SEED, make_env
+from common.experiment import init_states
 from common.networks import TwinCritic
-from common.training import EVAL_SEED, init_states
 
 
 @dataclass

@@ -163,7 +163,7 @@ def stop_running_scripts():
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint of a stopped run with the most updates behind it (final.msgpack is written on a stop)."""
-    from common.logger import read_checkpoint  # imports JAX: not needed to check the flags
+    from common.checkpoints import read_checkpoint  # imports JAX: not needed to check the flags
 
     steps = {}
     for path in run_dir.glob("*.msgpack"):

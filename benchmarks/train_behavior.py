@@ -34,7 +34,7 @@ import tyro
 from tqdm import tqdm
 
 from common.evaluation import run_episodes
-from common.logger import GracefulInterrupt
+from common.guards import GracefulInterrupt
 from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian
 
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}

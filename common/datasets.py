@@ -64,6 +64,10 @@ class OfflineDataset:
     ref_max_score: float | None
     notes: list[str] = field(default_factory=list)  # what a user should know (reference scores, name mapping)
 
+    @property
+    def ref_scores(self) -> tuple[float | None, float | None]:
+        return self.ref_min_score, self.ref_max_score
+
     def normalized_score(self, episode_return):
         return normalized_score(episode_return, self.ref_min_score, self.ref_max_score)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.evaluation import run_episodes
-from common.training import init_states
+from common.experiment import init_states
 from tests.cli import REPO, run_script
 from tests.helpers import random_batch
 from tests.test_training import CLI_SMALL, MAKERS, SCRIPTS, SMALL

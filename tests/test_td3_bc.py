@@ -201,7 +201,7 @@ def test_cli_trains_saves_and_evaluates_with_the_same_statistics(variant, tiny_h
     assert list(run_dir.glob("events.out.tfevents.*"))
 
     from common.datasets import load_dataset
-    from common.logger import load_checkpoint
+    from common.checkpoints import load_checkpoint
 
     data = load_dataset(tiny_hopper)
     template = td3_bc.make_td3_bc(td3_bc.Args(hidden_dims=(32, 32), variant=variant), 11, 3).init(jax.random.PRNGKey(0))

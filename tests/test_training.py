@@ -1,4 +1,4 @@
-"""The loop and flag checks that all four scripts share (common/training.py), exercised through each script."""
+"""The loop and flag checks that all four scripts share (common/), exercised through each script."""
 
 import importlib
 import os
@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from common import datasets, training
+from common import datasets, experiment
 from common.evaluation import make_env, run_episodes
-from common.logger import read_checkpoint, save_checkpoint
+from common.checkpoints import read_checkpoint, save_checkpoint
 from tests.bounded_envs import make_dataset, pendulum_torque
 from tests.cli import REPO, run_script
 
@@ -58,7 +58,7 @@ def test_nan_loss_stops_the_run_naming_update_and_loss(script, tiny_hopper, tmp_
         data.reward[:] = np.nan  # the critic's TD target is the first thing to break
         return data
 
-    monkeypatch.setattr(training, "load_dataset", poisoned)
+    monkeypatch.setattr(experiment, "load_dataset", poisoned)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=r"losses/critic became nan.* at update 1;"):
         module.main(module.Args(env_id=tiny_hopper, **SMALL))
@@ -203,7 +203,7 @@ def test_eval_only_needs_no_dataset(script, tiny_hopper, tmp_path, monkeypatch, 
     empty = tmp_path / "empty_store"
     empty.mkdir()
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(empty))
-    monkeypatch.setattr(training, "load_dataset", no_data)
+    monkeypatch.setattr(experiment, "load_dataset", no_data)
     module.main(module.Args(eval_only=True, checkpoint=checkpoint, **SMALL))
     out = capsys.readouterr().out
     assert "in Hopper-v5" in out and "trained on offrl-standin/hopper/random-v0" in out
@@ -278,7 +278,7 @@ def test_senseless_values_are_refused_before_anything_is_written(script, flags, 
     if "learning_rate" in flags:
         flags = {LEARNING_RATE[script]: flags["learning_rate"]}
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(training, "load_dataset", lambda name: pytest.fail("the flags were checked after loading"))
+    monkeypatch.setattr(experiment, "load_dataset", lambda name: pytest.fail("the flags were checked after loading"))
     with pytest.raises(SystemExit) as e:
         module.main(module.Args(**(SMALL | flags)))
     assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
