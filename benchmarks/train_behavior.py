@@ -33,11 +33,11 @@ import optax
 import tyro
 from tqdm import tqdm
 
+from common.datasets import ENVS
 from common.evaluation import EVAL_SEED, run_episodes
 from common.guards import GracefulInterrupt
 from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian
 
-ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 BEHAVIOR_DIR = Path(__file__).parent / "behavior"
 
 
