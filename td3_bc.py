@@ -141,9 +141,6 @@ def make_td3_bc(args: Args, obs_dim: int, action_dim: int) -> TD3BC:
     q1 = Critic(args.hidden_dims)  # the first twin alone, for the actor loss (as TD3 does)
     critic_opt, actor_opt = optax.adam(args.learning_rate), optax.adam(args.learning_rate)  # actor_opt: β's too
 
-    def first_twin(critic_params):
-        return {"params": jax.tree.map(lambda x: x[0], critic_params["params"]["VmapCritic_0"])}
-
     def actor_objective(actor_params, critic_params, batch, beta, key):
         if sac:
             mean, log_std = actor.apply(actor_params, batch["obs"])
@@ -153,7 +150,7 @@ def make_td3_bc(args: Args, obs_dim: int, action_dim: int) -> TD3BC:
             loss, (lam, bc) = sac_bc_actor_loss(q, log_prob, data_log_prob, beta, args.alpha, args.bc_weight)
             return loss, (lam, bc, log_prob)
         policy_action = actor.apply(actor_params, batch["obs"])
-        q = q1.apply(first_twin(critic_params), batch["obs"], policy_action)
+        q = q1.apply(TwinCritic.member(critic_params, 0), batch["obs"], policy_action)
         loss, (lam, bc) = td3_bc_actor_loss(q, policy_action, batch["action"], args.alpha, args.bc_weight)
         return loss, (lam, bc, jnp.zeros(()))
 

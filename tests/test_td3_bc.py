@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import td3_bc
+from common.networks import Critic, TwinCritic
 from tests.cli import CLI_SMALL, run_script
 from tests.helpers import assert_trees_differ, assert_trees_equal, random_batch
 
@@ -222,3 +223,13 @@ def test_cli_bad_values_are_one_clear_line(args, message, minari_store, tmp_path
     out = run_script("td3_bc.py", *args, cwd=tmp_path)
     assert out.returncode != 0
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_twin_member_alone_gives_that_twins_q():
+    critic = TwinCritic((8,))
+    obs, action = jnp.ones((4, 3)), jnp.ones((4, 2))
+    params = critic.init(jax.random.PRNGKey(0), obs, action)
+    both = critic.apply(params, obs, action)
+    for i in range(2):
+        np.testing.assert_allclose(Critic((8,)).apply(TwinCritic.member(params, i), obs, action),
+                                   both[i], rtol=1e-6)
