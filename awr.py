@@ -21,47 +21,32 @@ code; Peng et al. clip too, at 20); the actor's log-std is state-independent (iq
 read the networks from before the step, so the advantage reuses the critic's own forward pass.
 """
 
+import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 import tyro
+from tqdm import tqdm
 
+from common.eval_only import evaluate_checkpoint
+from common.evaluation import make_evaluator
+from common.experiment import ExperimentArgs, check_experiment_args, init_states, load_training_data, per_seed
+from common.guards import GracefulInterrupt, stop_if_nonfinite
+from common.logger import start_run
 from common.networks import GaussianActor, TwinCritic, gaussian_log_prob
-from common.training import check_experiment_args, evaluate_checkpoint, init_states, load_training_data, train
 
 
 @dataclass
-class Args:
-    # experiment
-    env_id: str | None = None
-    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id; unset: hopper-medium
-    (with --eval-only: the checkpoint's own)"""
+class Args(ExperimentArgs):  # the experiment flags (--env-id, --seed, --total-steps, ...), then these
     exp_name: str = "awr"
-    seed: int = 0
-    num_seeds: int = 1
-    """train seeds seed, seed + 1, ..., seed + N − 1 at once, as one vmapped program"""
-    total_steps: int = 1_000_000
-    """gradient updates"""
-    log_every: int = 1_000
-    """updates per compiled chunk; losses are logged once per chunk"""
-    eval_every: int = 10_000
-    """updates between two evaluations (a multiple of --log-every)"""
-    eval_episodes: int = 10
-    """deterministic evaluation episodes; episode i starts from reset(seed=10000 + i)"""
-    save_every: int = 0
-    """updates between two checkpoints (0: only the final one); a multiple of --log-every"""
-    eval_only: bool = False
-    """evaluate --checkpoint instead of training"""
-    checkpoint: Path | None = None
-    """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
+    """the middle of the run directory's name"""
     # algorithm
     temperature: float = 1.0
     """λ of the weights exp(A / λ): smaller is greedier, larger is closer to behavioural cloning
-    (iql.py's --temperature is the inverse, β = 1 / λ)"""
+    (iql.py's --beta is the inverse, β = 1 / λ)"""
     max_weight: float = 100.0
     """w_max, the clip of the weights"""
     baseline_actions: int = 1
@@ -199,7 +184,27 @@ def main(args: Args):
 
     awr = make_awr(args, data.obs.shape[1], data.action.shape[1])
     state = init_states(awr.init, args)  # with --num-seeds N: N states, stacked
-    train(args, "awr", awr, state, data, device_data)
+    train_chunk = jax.jit(jax.vmap(awr.train_chunk, in_axes=(0, None))) if args.num_seeds > 1 else awr.train_chunk
+    evaluate = make_evaluator(awr.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
+    run, state, step = start_run(args, "awr", state, data)  # a new run directory, or the resumed checkpoint's
+    interrupt = GracefulInterrupt()
+    bar = tqdm(total=args.total_steps, initial=step, desc="awr", unit="update", smoothing=0.1)
+    while step < args.total_steps and not interrupt.requested:
+        start = time.perf_counter()
+        state, metrics = train_chunk(state, device_data)
+        metrics = per_seed(jax.device_get(metrics), args.num_seeds)  # host sync point: once per chunk
+        updates_per_sec = args.log_every / (time.perf_counter() - start)
+        stop_if_nonfinite(metrics, step, args.seed, lambda: run.save("nonfinite.msgpack", state, step + args.log_every))
+        step += args.log_every
+        bar.update(args.log_every)
+        scalars = [{k: v.mean() for k, v in m.items()} for m in metrics]
+        run.log_chunk(scalars, step, updates_per_sec)
+        if step % args.eval_every == 0 or step == args.total_steps:
+            bar.write(run.log_evaluation(step, *evaluate(state), scalars))
+        if args.save_every and step % args.save_every == 0:
+            run.save(f"checkpoint_{step}.msgpack", state, step)
+    bar.close()
+    run.finish(state, step, interrupted=interrupt.requested)
 
 
 if __name__ == "__main__":

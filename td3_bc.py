@@ -34,44 +34,29 @@ Deliberate deviations: the BC term averages over action dimensions, as the autho
 writes the squared norm, |A| times larger); `--bc-weight` is ours, to switch the BC term off.
 """
 
+import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 import tyro
+from tqdm import tqdm
 
+from common.eval_only import evaluate_checkpoint
+from common.evaluation import make_evaluator
+from common.experiment import ExperimentArgs, check_experiment_args, init_states, load_training_data, per_seed
+from common.guards import GracefulInterrupt, stop_if_nonfinite
+from common.logger import start_run
 from common.networks import (Critic, DeterministicActor, TanhGaussianActor, TwinCritic, sample_tanh_gaussian,
                              tanh_gaussian_log_prob)
-from common.training import check_experiment_args, evaluate_checkpoint, init_states, load_training_data, train
 
 
 @dataclass
-class Args:
-    # experiment
-    env_id: str | None = None
-    """dataset: D4RL-style name (hopper-medium, walker2d-medium-expert, ...) or a Minari id; unset: hopper-medium
-    (with --eval-only: the checkpoint's own)"""
+class Args(ExperimentArgs):  # the experiment flags (--env-id, --seed, --total-steps, ...), then these
     exp_name: str = "td3_bc"
-    seed: int = 0
-    num_seeds: int = 1
-    """train seeds seed, seed + 1, ..., seed + N − 1 at once, as one vmapped program"""
-    total_steps: int = 1_000_000
-    """gradient updates"""
-    log_every: int = 1_000
-    """updates per compiled chunk; losses are logged once per chunk"""
-    eval_every: int = 10_000
-    """updates between two evaluations (a multiple of --log-every)"""
-    eval_episodes: int = 10
-    """deterministic evaluation episodes; episode i starts from reset(seed=10000 + i)"""
-    save_every: int = 0
-    """updates between two checkpoints (0: only the final one); a multiple of --log-every"""
-    eval_only: bool = False
-    """evaluate --checkpoint instead of training"""
-    checkpoint: Path | None = None
-    """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
+    """the middle of the run directory's name"""
     # algorithm
     variant: Literal["td3_bc", "sac_bc"] = "td3_bc"
     """td3_bc: deterministic actor, target smoothing (DDPG+BC: --policy-noise 0 --policy-delay 1);
@@ -156,9 +141,6 @@ def make_td3_bc(args: Args, obs_dim: int, action_dim: int) -> TD3BC:
     q1 = Critic(args.hidden_dims)  # the first twin alone, for the actor loss (as TD3 does)
     critic_opt, actor_opt = optax.adam(args.learning_rate), optax.adam(args.learning_rate)  # actor_opt: β's too
 
-    def first_twin(critic_params):
-        return {"params": jax.tree.map(lambda x: x[0], critic_params["params"]["VmapCritic_0"])}
-
     def actor_objective(actor_params, critic_params, batch, beta, key):
         if sac:
             mean, log_std = actor.apply(actor_params, batch["obs"])
@@ -168,7 +150,7 @@ def make_td3_bc(args: Args, obs_dim: int, action_dim: int) -> TD3BC:
             loss, (lam, bc) = sac_bc_actor_loss(q, log_prob, data_log_prob, beta, args.alpha, args.bc_weight)
             return loss, (lam, bc, log_prob)
         policy_action = actor.apply(actor_params, batch["obs"])
-        q = q1.apply(first_twin(critic_params), batch["obs"], policy_action)
+        q = q1.apply(TwinCritic.member(critic_params, 0), batch["obs"], policy_action)
         loss, (lam, bc) = td3_bc_actor_loss(q, policy_action, batch["action"], args.alpha, args.bc_weight)
         return loss, (lam, bc, jnp.zeros(()))
 
@@ -274,12 +256,28 @@ def main(args: Args):
 
     td3_bc = make_td3_bc(args, data.obs.shape[1], data.action.shape[1])
     state = init_states(lambda key: td3_bc.init(key)._replace(obs_mean=obs_mean, obs_std=obs_std), args)
-    actor_rows = slice(policy_delay(args) - 1, None, policy_delay(args))  # the updates of a chunk that moved the actor
-
-    def summarize_metrics(metrics):
-        return {k: v[actor_rows].mean() if k in ACTOR_METRICS else v.mean() for k, v in metrics.items()}
-
-    train(args, "td3_bc", td3_bc, state, data, device_data, summarize=summarize_metrics)
+    train_chunk = td3_bc.train_chunk if args.num_seeds == 1 else jax.jit(jax.vmap(td3_bc.train_chunk, in_axes=(0, None)))
+    evaluate = make_evaluator(td3_bc.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
+    run, state, step = start_run(args, "td3_bc", state, data)  # a new run directory, or the resumed checkpoint's
+    actor_rows = slice(policy_delay(args) - 1, None, policy_delay(args))  # the updates that moved the actor
+    interrupt = GracefulInterrupt()
+    bar = tqdm(total=args.total_steps, initial=step, desc="td3_bc", unit="update", smoothing=0.1)
+    while step < args.total_steps and not interrupt.requested:
+        start = time.perf_counter()
+        state, metrics = train_chunk(state, device_data)
+        metrics = per_seed(jax.device_get(metrics), args.num_seeds)  # host sync point: once per chunk
+        updates_per_sec = args.log_every / (time.perf_counter() - start)
+        stop_if_nonfinite(metrics, step, args.seed, lambda: run.save("nonfinite.msgpack", state, step + args.log_every))
+        step += args.log_every
+        bar.update(args.log_every)
+        scalars = [{k: v[actor_rows].mean() if k in ACTOR_METRICS else v.mean() for k, v in m.items()} for m in metrics]
+        run.log_chunk(scalars, step, updates_per_sec)
+        if step % args.eval_every == 0 or step == args.total_steps:
+            bar.write(run.log_evaluation(step, *evaluate(state), scalars))
+        if args.save_every and step % args.save_every == 0:
+            run.save(f"checkpoint_{step}.msgpack", state, step)
+    bar.close()
+    run.finish(state, step, interrupted=interrupt.requested)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from benchmarks.make_datasets import load_behavior_actor
 from benchmarks.select_behavior import sampling_policy
 from common.datasets import ENVS, DatasetError, reference_scores
 from common.evaluation import run_episodes
-from common.training import EVAL_SEED
+from common.evaluation import EVAL_SEED
 
 
 @dataclass

@@ -15,7 +15,6 @@ and on the data's states, how far above the data's own actions the critic rates 
 A checkpoint of several seeds (--num-seeds) is read seed by seed.
 """
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,12 @@ import jax
 import numpy as np
 import tyro
 
-from benchmarks.speed import MAKERS
+from benchmarks.algorithms import ALGORITHMS, load_algorithm
+from common.checkpoints import load_checkpoint
 from common.datasets import load_dataset
-from common.evaluation import make_env
-from common.logger import load_checkpoint
+from common.evaluation import EVAL_SEED, make_env
+from common.experiment import init_states
 from common.networks import TwinCritic
-from common.training import EVAL_SEED, init_states
 
 
 @dataclass
@@ -93,9 +92,9 @@ def policy_q(algo: str, state, hidden_dims):
 
 
 def main(args: Args):
-    if args.algo not in MAKERS:
-        raise SystemExit(f"error: unknown algorithm {args.algo}; choose from {list(MAKERS)}")
-    module = importlib.import_module(args.algo)
+    if args.algo not in ALGORITHMS:
+        raise SystemExit(f"error: unknown algorithm {args.algo}; choose from {list(ALGORITHMS)}")
+    module, make_agent = load_algorithm(args.algo)
     try:
         meta = json.loads(flax.serialization.msgpack_restore(args.checkpoint.read_bytes())["meta"])
     except Exception as e:  # missing, unreadable or not ours: one line, not a traceback
@@ -105,7 +104,7 @@ def main(args: Args):
     variant = {"variant": meta["args"]["variant"]} if "variant" in meta.get("args", {}) else {}  # td3_bc.py's
     script_args = module.Args(env_id=meta["env_id"], seed=seeds[0], num_seeds=len(seeds), hidden_dims=args.hidden_dims,
                               **variant)
-    agent = getattr(module, MAKERS[args.algo])(script_args, data.obs.shape[1], data.action.shape[1])
+    agent = make_agent(script_args, data.obs.shape[1], data.action.shape[1])
     try:
         states, _ = load_checkpoint(args.checkpoint, init_states(agent.init, script_args), args.algo)
     except ValueError as e:

@@ -38,14 +38,15 @@ from typing import Literal
 
 import tyro
 
+from benchmarks.algorithms import ALGORITHMS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-ALGOS = ("iql", "td3_bc", "awr", "cql")
 
 
 @dataclass
 class Args:
-    algos: tuple[str, ...] = ALGOS
+    algos: tuple[str, ...] = ALGORITHMS
     env_ids: tuple[str, ...] = ("hopper-medium",)
     seeds: tuple[int, ...] = (0, 1, 2)
     total_steps: int = 300_000
@@ -163,7 +164,7 @@ def stop_running_scripts():
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint of a stopped run with the most updates behind it (final.msgpack is written on a stop)."""
-    from common.logger import read_checkpoint  # imports JAX: not needed to check the flags
+    from common.checkpoints import read_checkpoint  # imports JAX: not needed to check the flags
 
     steps = {}
     for path in run_dir.glob("*.msgpack"):
@@ -256,9 +257,9 @@ def programs(todo: list[tuple[dict, Path]], vmap_seeds: bool) -> list[list[tuple
 
 
 def main(args: Args):
-    unknown = sorted(set(args.algos) - set(ALGOS))
+    unknown = sorted(set(args.algos) - set(ALGORITHMS))
     if unknown:
-        raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {list(ALGOS)}")
+        raise SystemExit(f"error: unknown algorithm(s) {unknown}; choose from {list(ALGORITHMS)}")
     if args.script_args and not args.name:
         raise SystemExit("error: --script-args changes the algorithm: give the cells a --name of their own")
     if args.launcher == "slurm" or args.status:

@@ -33,7 +33,9 @@ from common.evaluation import run_episodes
 from common.networks import TanhGaussianActor, sample_tanh_gaussian
 
 EXPERT_FLOORS = {"hopper": 3000, "halfcheetah": 9000, "walker2d": 4000}
-EVAL_SEED = 20_000
+# Not common/evaluation.py's EVAL_SEED: the candidates were picked by train_behavior.py's evaluations on
+# EVAL_SEED + i, so they are measured here on other episodes, which the picking cannot have favoured.
+MEASURE_SEED = 20_000
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Args:
 
 
 def measure(policy, env_id: str, episodes: int) -> np.ndarray:
-    return run_episodes(policy, env_id, episodes, EVAL_SEED)
+    return run_episodes(policy, env_id, episodes, MEASURE_SEED)
 
 
 def sampling_policy(actor, params, seed: int = 0):
@@ -111,7 +113,7 @@ def main(args: Args):
     shutil.copy(run_dir / "checkpoints" / f"actor_{medium_step:07d}.msgpack", run_dir / "medium.msgpack")
     summary = lambda r: {"mean": round(float(r.mean()), 1), "std": round(float(r.std()), 1)}  # noqa: E731
     selection = {
-        "env_id": env_id, "episodes": args.episodes, "episode_seeds": f"{EVAL_SEED} + i", "actions": "sampled",
+        "env_id": env_id, "episodes": args.episodes, "episode_seeds": f"{MEASURE_SEED} + i", "actions": "sampled",
         "random": summary(random_returns),
         "expert": {"step": expert_step, **summary(expert_returns), "floor": EXPERT_FLOORS[args.env],
                    "deterministic": summary(deterministic["expert"])},

@@ -15,7 +15,6 @@ and a synthetic 1M-transition dataset on the device:
 Nothing here is asserted: these are measurements, recorded with the machine they came from.
 """
 
-import importlib
 import json
 import os
 import platform
@@ -29,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tyro
+
+from benchmarks.algorithms import load_algorithm
 
 OUT = Path(__file__).parent
 OBS_DIM, ACTION_DIM, DATASET_SIZE = 11, 3, 1_000_000
@@ -76,15 +77,14 @@ def synthetic_data(key):
             "terminal": jnp.zeros((DATASET_SIZE,))}
 
 
-MAKERS = {"iql": "make_iql", "td3_bc": "make_td3_bc", "awr": "make_awr", "cql": "make_cql"}
 VARIANTS = {"sac_bc": ("td3_bc", {"variant": "sac_bc"})}  # measured under their own name: script, flags
 
 
 def build(algo: str, log_every: int):
     """(init, update, train_chunk) of one algorithm file (or variant) with its default hyperparameters."""
     script, flags = VARIANTS.get(algo, (algo, {}))
-    module = importlib.import_module(script)
-    agent = getattr(module, MAKERS[script])(module.Args(log_every=log_every, **flags), OBS_DIM, ACTION_DIM)
+    module, make_agent = load_algorithm(script)
+    agent = make_agent(module.Args(log_every=log_every, **flags), OBS_DIM, ACTION_DIM)
     return agent.init, agent.update, agent.train_chunk
 
 

@@ -33,11 +33,11 @@ import optax
 import tyro
 from tqdm import tqdm
 
-from common.evaluation import run_episodes
-from common.logger import GracefulInterrupt
+from common.datasets import ENVS
+from common.evaluation import EVAL_SEED, run_episodes
+from common.guards import GracefulInterrupt
 from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian
 
-ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 BEHAVIOR_DIR = Path(__file__).parent / "behavior"
 
 
@@ -246,7 +246,8 @@ def main(args: Args):
             state, metrics = train_block(state, batches)
         if step % args.save_every == 0:
             (ckpt_dir / f"actor_{step:07d}.msgpack").write_bytes(flax.serialization.to_bytes(state.actor))
-            returns = run_episodes(lambda o: act_deterministic(state.actor, o), env_id, args.eval_episodes, 10_000)
+            returns = run_episodes(lambda o: act_deterministic(state.actor, o), env_id, args.eval_episodes,
+                                   EVAL_SEED)  # the offline runs' episodes
             with history.open("a") as f:
                 csv.writer(f).writerow([step, f"{returns.mean():.1f}", f"{returns.std():.1f}", episodes,
                                         f"{earlier_wall_time + time.time() - start:.0f}"])

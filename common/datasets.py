@@ -11,7 +11,7 @@ or any Minari id (`mujoco/hopper/medium-v0`). Where the data comes from, in orde
   3. this project's stand-in, built from its own behaviour policies (`benchmarks/make_datasets.py`)
      and stored under its own namespace, so it is never mistaken for the official data. Only for the
      project's own names, or for an official id it stands in for when the hub cannot be reached (or the
-     download fails).
+     download fails). Building one is common/'s only use of benchmarks/ (`build_standin`).
 
 Actions come in [-1, 1], the range of every policy's tanh, whatever the environment's Box bounds are:
 `action_low` and `action_high` keep those bounds, and evaluation maps the policy's actions back onto them.
@@ -63,6 +63,10 @@ class OfflineDataset:
     ref_min_score: float | None
     ref_max_score: float | None
     notes: list[str] = field(default_factory=list)  # what a user should know (reference scores, name mapping)
+
+    @property
+    def ref_scores(self) -> tuple[float | None, float | None]:
+        return self.ref_min_score, self.ref_max_score
 
     def normalized_score(self, episode_return):
         return normalized_score(episode_return, self.ref_min_score, self.ref_max_score)
@@ -161,13 +165,22 @@ def load_dataset(name: str, report: bool = True) -> OfflineDataset:
              f"{resolved.standin_id} instead, which is NOT the official data.")
     if resolved.standin_id not in local:
         say(f"[data] building stand-in dataset {resolved.standin_id} (once; it is stored in the local Minari store)")
-        try:
-            from benchmarks.make_datasets import build_dataset
-        except ImportError as e:
-            raise DatasetError(f"{resolved.standin_id} is not in the local Minari store, and it can only be built "
-                               f"from this repository's benchmarks/make_datasets.py ({e}).") from e
-        build_dataset(resolved.standin_id)
+        build_standin(resolved.standin_id)
     return _read(resolved.standin_id, "project stand-in (local Minari store)", notes, say)
+
+
+def build_standin(dataset_id: str):
+    """Build a stand-in into the local store, with benchmarks/make_datasets.py: common/'s one import from benchmarks/.
+
+    It is deliberate, so that the README's first run works with no dataset downloaded; it is imported here, only
+    when a stand-in is missing, so that a copy of common/ without benchmarks/ still loads every dataset it has.
+    """
+    try:
+        from benchmarks.make_datasets import build_dataset
+    except ModuleNotFoundError as e:
+        raise DatasetError(f"{dataset_id} is not in the local Minari store, and building it needs this repository's "
+                           f"benchmarks/make_datasets.py, which cannot be imported here ({e}).") from e
+    build_dataset(dataset_id)
 
 
 def remote_dataset_ids(dataset_id: str) -> set[str]:

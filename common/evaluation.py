@@ -1,8 +1,13 @@
 """Run a policy in the real environment for a batch of seeded episodes."""
 
 import gymnasium as gym
+import jax
 import numpy as np
 from gymnasium.wrappers import RescaleAction
+
+from common.datasets import normalized_score
+
+EVAL_SEED = 10_000  # evaluation episode i starts from reset(seed=10000 + i), in every script and every run
 
 
 def make_env(env_id, rescale_actions: bool = True) -> gym.Env:
@@ -40,3 +45,22 @@ def run_episodes(policy, env_id, num_episodes: int, seed: int, repeat: int = 1,
     for env in envs:
         env.close()
     return returns
+
+
+def make_evaluator(policy, env_spec, ref_scores: tuple, num_seeds: int, num_episodes: int,
+                   rescale_actions: bool = True):
+    """evaluate(state) -> (returns of shape (seeds, episodes), each seed's normalized score): all episodes step
+    together, in `env_spec`'s environment with `policy(state, obs)`'s [-1, 1] mapped onto its action bounds.
+    With num_seeds > 1, `state` holds that many stacked states and the policy is vmapped over them."""
+    batched_policy = jax.jit(jax.vmap(policy)) if num_seeds > 1 else policy
+
+    def evaluate(state):
+        def act(obs):  # (seeds x episodes, obs_dim) -> one forward pass of every seed's policy
+            if num_seeds == 1:
+                return batched_policy(state, obs)
+            return batched_policy(state, obs.reshape(num_seeds, num_episodes, -1)).reshape(len(obs), -1)
+        returns = run_episodes(act, env_spec, num_episodes, EVAL_SEED, repeat=num_seeds,
+                               rescale_actions=rescale_actions)
+        returns = returns.reshape(num_seeds, num_episodes)
+        return returns, [normalized_score(r.mean(), *ref_scores) for r in returns]
+    return evaluate

@@ -1,20 +1,13 @@
-"""Run directories, TensorBoard scalars, an evaluations CSV, checkpoints and the guards every training loop needs."""
+"""One run's records: its directory, TensorBoard scalars, evaluations.csv and the checkpoints it writes."""
 
-import dataclasses
 import json
-import signal
 import time
 from pathlib import Path
 
-import flax.serialization
-import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-
-def settings(args) -> dict:
-    """The flags of a run as strings: written to args.json and into every checkpoint."""
-    return {k: str(v) for k, v in dataclasses.asdict(args).items()}
+from common.checkpoints import resume, save_checkpoint, settings
 
 
 class Run:
@@ -22,9 +15,11 @@ class Run:
 
     `resumed_at=step` continues the run whose checkpoint is args.checkpoint, in that checkpoint's directory:
     what it logged after `step` (when it was killed after its last checkpoint) is dropped, so nothing is counted twice.
+    `meta` is the header of every checkpoint it saves; `wall_before` the training seconds of the run it resumes.
     """
 
-    def __init__(self, args, root: Path = Path("runs"), resumed_at: int | None = None):
+    def __init__(self, args, meta: dict, root: Path = Path("runs"), resumed_at: int | None = None,
+                 wall_before: float = 0.0):
         if resumed_at is None:
             self.dir = root / f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -33,14 +28,36 @@ class Run:
             self.dir = Path(args.checkpoint).parent
             self._drop_evaluations_after(resumed_at)
             self.writer = SummaryWriter(str(self.dir), purge_step=resumed_at + 1)
+        self.meta, self.seeds = meta, meta["seeds"]
         config = settings(args)
         self.json("args.json", config)
         table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self.start = time.perf_counter() - wall_before
 
     def scalars(self, values: dict, step: int):
         for name, value in values.items():
             self.writer.add_scalar(name, float(value), step)
+
+    def log_chunk(self, per_seed_scalars: list[dict], step: int, updates_per_sec: float):
+        """A chunk's scalars, the mean over seeds."""
+        self.scalars({k: np.mean([m[k] for m in per_seed_scalars]) for k in per_seed_scalars[0]}
+                     | {"charts/updates_per_sec": updates_per_sec}, step)
+
+    def log_evaluation(self, step: int, returns, scores, per_seed_scalars: list[dict]) -> str:
+        """Record an evaluation (returns: seeds x episodes), with each seed's chunk scalars; -> the lines to print."""
+        stacked = len(self.seeds) > 1
+        for seed, seed_returns, score, scalars in zip(self.seeds, returns, scores, per_seed_scalars):
+            result = ({"charts/episodic_return": seed_returns.mean()}
+                      | ({"charts/normalized_score": score} if score is not None else {}))
+            self.scalars({f"seed_{seed}/{k.split('/')[-1]}": v for k, v in result.items()} if stacked else result, step)
+            self.evaluation({"step": step, "seed": seed, "wall_s": time.perf_counter() - self.start,
+                             "return_std": seed_returns.std()} | result | scalars)
+        if stacked:
+            self.scalars({"charts/episodic_return": returns.mean()}
+                         | ({"charts/normalized_score": np.mean(scores),
+                             "charts/normalized_score_std": np.std(scores)} if scores[0] is not None else {}), step)
+        return "\n".join(eval_lines(self.seeds, step, returns, scores))
 
     def evaluation(self, row: dict):
         """Append one evaluation (with the metrics of the chunk before it) to evaluations.csv."""
@@ -49,6 +66,16 @@ class Run:
             if f.tell() == 0:
                 f.write(",".join(row) + "\n")
             f.write(",".join(f"{float(v):.6g}" for v in row.values()) + "\n")
+
+    def save(self, name: str, state, step: int) -> Path:
+        path = self.dir / name
+        save_checkpoint(path, state, {**self.meta, "step": step, "wall_s": round(time.perf_counter() - self.start, 1)})
+        return path
+
+    def finish(self, state, step: int, interrupted: bool):
+        path = self.save("final.msgpack", state, step)
+        print(f"{'interrupted' if interrupted else 'done'} at update {step}; checkpoint {path}")
+        self.writer.close()
 
     def _drop_evaluations_after(self, step: int):
         path = self.dir / "evaluations.csv"
@@ -60,75 +87,38 @@ class Run:
     def json(self, name: str, content: dict):
         (self.dir / name).write_text(json.dumps(content, indent=2) + "\n")
 
-    def text(self, tag: str, text: str):
-        self.writer.add_text(tag, text)
 
-    def close(self):
-        self.writer.close()
-
-
-def save_checkpoint(path: Path, state, meta: dict):
-    """Write the whole training state as flax msgpack (no pickle), next to a small JSON header."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(flax.serialization.msgpack_serialize(
-        {"meta": json.dumps(meta), "state": flax.serialization.to_state_dict(jax.device_get(state))}))
-    tmp.replace(path)  # atomic: an interrupted save never leaves half a checkpoint
-
-
-def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(meta, state as a dict of arrays) of a checkpoint; raises ValueError with a readable reason."""
-    if not Path(path).is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        raw = flax.serialization.msgpack_restore(Path(path).read_bytes())
-        return json.loads(raw["meta"]), raw["state"]
-    except Exception as e:
-        raise ValueError(f"{path} is not a checkpoint written by this project ({type(e).__name__}: {e})") from e
+def start_run(args, algorithm: str, state, data):
+    """(run, state, step): a new run directory, or, with args.checkpoint, the stopped run it goes on with."""
+    step, wall_before = 0, 0.0
+    if args.checkpoint is not None:  # go on training a run that was stopped: in its own directory
+        state, step, wall_before = resume(args, state, algorithm)
+    meta = {"algorithm": algorithm, "env_id": args.env_id, "dataset_id": data.dataset_id,
+            "seeds": list(range(args.seed, args.seed + args.num_seeds)), "args": settings(args),
+            # what --eval-only needs, so that it needs no dataset: where to act, on which bounds, against which scores
+            "eval_env_spec": data.env_spec.to_json(), "action_low": data.action_low.tolist(),
+            "action_high": data.action_high.tolist(), "ref_min_score": data.ref_min_score,
+            "ref_max_score": data.ref_max_score}
+    run = Run(args, meta, resumed_at=step if args.checkpoint is not None else None, wall_before=wall_before)
+    run.writer.add_text("data", f"{data.dataset_id} from {data.source}. " + " ".join(data.notes))
+    run.json("dataset.json", {"dataset_id": data.dataset_id, "source": data.source, "notes": data.notes,
+                              "episodes": len(data.episode_returns), "transitions": len(data.obs),
+                              "mean_return": float(data.episode_returns.mean()),
+                              "mean_normalized_return": data.normalized_score(float(data.episode_returns.mean()))})
+    return run, state, step
 
 
-def load_checkpoint(path: Path, template, algorithm: str):
-    """Restore a state shaped like `template`; raises ValueError with a readable reason on a mismatch."""
-    meta, saved = read_checkpoint(path)
-    check_algorithm(path, meta, algorithm)
-    try:
-        state = flax.serialization.from_state_dict(template, saved)
-        jax.tree.map(_same_shape, template, state)
-    except Exception as e:
-        raise ValueError(f"{path} does not fit these networks (env {meta.get('env_id')}): {e}") from e
-    return state, meta
+def eval_line(step, episode_returns, score, seed=None) -> str:
+    score_text = f"normalized {score:6.1f}" if score is not None else "(no reference scores)"
+    prefix = f"seed {seed:>3d} | " if seed is not None else ""
+    return f"{prefix}step {step:>8d} | return {episode_returns.mean():8.1f} ± {episode_returns.std():6.1f} | {score_text}"
 
 
-def check_algorithm(path: Path, meta: dict, algorithm: str):
-    if meta.get("algorithm") != algorithm:
-        raise ValueError(f"{path} was written by {meta.get('algorithm')}, not {algorithm}")
-
-
-def _same_shape(a, b):
-    if np.shape(a) != np.shape(b):
-        raise ValueError(f"shape {np.shape(b)} where {np.shape(a)} was expected")
-
-
-def first_nonfinite(metrics: dict):
-    """(index, names) of the first update whose metrics hold a NaN/inf, from per-update arrays; else None."""
-    bad = {name: np.flatnonzero(~np.isfinite(np.asarray(values))) for name, values in metrics.items()}
-    bad = {name: idx[0] for name, idx in bad.items() if idx.size}
-    if not bad:
-        return None
-    first = min(bad.values())
-    return int(first), sorted(name for name, idx in bad.items() if idx == first)
-
-
-class GracefulInterrupt:
-    """Turn Ctrl-C (and SIGTERM) into a flag, so the loop can finish its chunk, save and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self._request)
-        signal.signal(signal.SIGTERM, self._request)
-
-    def _request(self, *_):
-        if self.requested:  # a second Ctrl-C means "now"
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupt: finishing this chunk, saving a checkpoint, then stopping (Ctrl-C again to abort)")
+def eval_lines(seeds, step, returns, scores) -> list[str]:
+    if len(seeds) == 1:
+        return [eval_line(step, returns[0], scores[0])]
+    lines = [eval_line(step, r, score, seed) for seed, r, score in zip(seeds, returns, scores)]
+    if scores[0] is not None:
+        lines.append(f"{len(seeds)} seeds   | step {step:>8d} | normalized {np.mean(scores):6.1f} ± "
+                     f"{np.std(scores):.1f}")
+    return lines

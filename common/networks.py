@@ -46,6 +46,11 @@ class TwinCritic(nn.Module):
         )
         return twins(self.hidden_dims)(obs, action)
 
+    @staticmethod
+    def member(params, i: int) -> dict:
+        """Twin i's parameters alone, for `Critic(hidden_dims).apply`: one critic without the other's forward pass."""
+        return {"params": jax.tree.map(lambda x: x[i], params["params"]["VmapCritic_0"])}  # flax's name for the vmap
+
 
 class ValueNet(nn.Module):
     """V(s) -> scalar per sample."""

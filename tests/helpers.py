@@ -4,6 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Args of a run of a few updates, for any of the four scripts
+SMALL_RUN = dict(hidden_dims=(32, 32), batch_size=16, log_every=4, total_steps=8, eval_every=8)
+
 
 def random_batch(size=16, obs_dim=3, action_dim=2):
     """A fixed float32 batch of transitions (seeded), about a fifth of them terminal."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import report, run
-from common.logger import save_checkpoint
+from common.checkpoints import save_checkpoint
 from tests.test_training import CLI_SMALL
 
 

@@ -1,5 +1,6 @@
 import json
 import socket
+import sys
 import time
 
 import gymnasium as gym
@@ -9,8 +10,8 @@ import pytest
 
 import tests.counting_env  # noqa: F401  (registers tests/Counting-v0)
 from common import datasets
-from tests.bounded_envs import make_dataset, pendulum_torque
 from common.datasets import DatasetError, load_dataset, resolve_name
+from tests.bounded_envs import make_dataset, pendulum_torque
 
 
 def make_counting_dataset(dataset_id, seeds=(0, 1, 2), refs=(0.0, 10.0)):
@@ -324,3 +325,11 @@ def test_data_actions_outside_the_bounds_are_refused_and_counted(minari_store):
 def test_rounding_past_the_bounds_is_clipped(minari_store):
     make_dataset("tests/echo/rounding-v0", "tests/Echo-v0", lambda rng: np.array([2.0001], np.float32), episodes=1)
     np.testing.assert_array_equal(load_dataset("tests/echo/rounding-v0").action, 1.0)
+
+
+
+def test_without_benchmarks_a_missing_standin_is_one_sentence_saying_what_building_it_needs(minari_store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "benchmarks.make_datasets", None)  # as in a copy of common/ alone
+    with pytest.raises(DatasetError, match=r"^offrl-standin/hopper/random-v0 is not in the local Minari store, and "
+                                           r"building it needs this repository's benchmarks/make_datasets.py"):
+        load_dataset("hopper-random")

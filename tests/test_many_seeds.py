@@ -1,6 +1,5 @@
 """--num-seeds N: N training states updated by one vmapped program, each exactly as its own single run."""
 
-import importlib
 import subprocess
 import sys
 from functools import partial
@@ -9,18 +8,18 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks.algorithms import ALGORITHMS, load_algorithm
 from common.evaluation import run_episodes
-from common.training import init_states
-from tests.cli import REPO, run_script
-from tests.helpers import random_batch
-from tests.test_training import CLI_SMALL, MAKERS, SCRIPTS, SMALL
+from common.experiment import init_states
+from tests.cli import CLI_SMALL, REPO, run_script
+from tests.helpers import SMALL_RUN, random_batch
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 def test_vmapped_seeds_match_single_runs_with_the_same_seeds(script):
-    module = importlib.import_module(script)
-    args = module.Args(**SMALL, seed=3, num_seeds=2)
-    agent = getattr(module, MAKERS[script])(args, 3, 2)
+    module, make_agent = load_algorithm(script)
+    args = module.Args(**SMALL_RUN, seed=3, num_seeds=2)
+    agent = make_agent(args, 3, 2)
     data = random_batch(size=64)
     stacked, stacked_metrics = jax.jit(jax.vmap(agent.train_chunk, in_axes=(0, None)))(init_states(agent.init, args),
                                                                                         data)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import td3_bc
-from tests.cli import run_script
+from common.networks import Critic, TwinCritic
+from tests.cli import CLI_SMALL, run_script
 from tests.helpers import assert_trees_differ, assert_trees_equal, random_batch
 
 SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=4, total_steps=100)
@@ -174,18 +175,7 @@ def test_policy_normalizes_raw_observations_with_the_stored_statistics():
     np.testing.assert_allclose(agent.policy(state, obs), expected, rtol=1e-6)
 
 
-def test_same_seed_same_losses():
-    _, agent, batch = small_td3_bc()
-    data = {k: jnp.concatenate([v] * 4) for k, v in batch.items()}
-    runs = [agent.train_chunk(agent.init(jax.random.PRNGKey(7)), data)[1] for _ in range(2)]
-    assert_trees_equal(*runs)
-    different = agent.train_chunk(agent.init(jax.random.PRNGKey(8)), data)[1]
-    assert not np.array_equal(runs[0]["losses/critic"], different["losses/critic"])
-
-
 # ---- the command line -------------------------------------------------------------------------
-
-CLI_SMALL = ["--hidden-dims", "32", "32", "--batch-size", "32", "--log-every", "100", "--eval-episodes", "2"]
 
 
 @pytest.mark.parametrize("variant", ["td3_bc", "sac_bc"])
@@ -201,7 +191,7 @@ def test_cli_trains_saves_and_evaluates_with_the_same_statistics(variant, tiny_h
     assert list(run_dir.glob("events.out.tfevents.*"))
 
     from common.datasets import load_dataset
-    from common.logger import load_checkpoint
+    from common.checkpoints import load_checkpoint
 
     data = load_dataset(tiny_hopper)
     template = td3_bc.make_td3_bc(td3_bc.Args(hidden_dims=(32, 32), variant=variant), 11, 3).init(jax.random.PRNGKey(0))
@@ -233,3 +223,13 @@ def test_cli_bad_values_are_one_clear_line(args, message, minari_store, tmp_path
     out = run_script("td3_bc.py", *args, cwd=tmp_path)
     assert out.returncode != 0
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_twin_member_alone_gives_that_twins_q():
+    critic = TwinCritic((8,))
+    obs, action = jnp.ones((4, 3)), jnp.ones((4, 2))
+    params = critic.init(jax.random.PRNGKey(0), obs, action)
+    both = critic.apply(params, obs, action)
+    for i in range(2):
+        np.testing.assert_allclose(Critic((8,)).apply(TwinCritic.member(params, i), obs, action),
+                                   both[i], rtol=1e-6)

@@ -1,4 +1,4 @@
-"""The loop and flag checks that all four scripts share (common/training.py), exercised through each script."""
+"""The loop and flag checks that all four scripts share (common/), exercised through each script."""
 
 import importlib
 import os
@@ -9,22 +9,32 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import datasets, training
+from benchmarks.algorithms import ALGORITHMS, load_algorithm
+from common import datasets, experiment
+from common.checkpoints import read_checkpoint, save_checkpoint
 from common.evaluation import make_env, run_episodes
-from common.logger import read_checkpoint, save_checkpoint
 from tests.bounded_envs import make_dataset, pendulum_torque
-from tests.cli import REPO, run_script
-
-SCRIPTS = ["iql", "td3_bc", "awr", "cql"]
-MAKERS = {"iql": "make_iql", "td3_bc": "make_td3_bc", "awr": "make_awr", "cql": "make_cql"}
-CLI_SMALL = ["--hidden-dims", "32", "32", "--batch-size", "32", "--log-every", "100", "--eval-episodes", "2"]
-SMALL = dict(hidden_dims=(32, 32), batch_size=16, log_every=4, total_steps=8, eval_every=8)
+from tests.cli import CLI_SMALL, REPO, run_script
+from tests.helpers import SMALL_RUN, assert_trees_equal, random_batch
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+
+@pytest.mark.parametrize("script", ALGORITHMS)
+def test_same_seed_same_losses(script):
+    module, make_agent = load_algorithm(script)
+    agent = make_agent(module.Args(**SMALL_RUN), 3, 2)
+    data = {k: jnp.concatenate([v] * 4) for k, v in random_batch().items()}
+    runs = [agent.train_chunk(agent.init(jax.random.PRNGKey(7)), data)[1] for _ in range(2)]
+    assert_trees_equal(*runs)
+    different = agent.train_chunk(agent.init(jax.random.PRNGKey(8)), data)[1]
+    assert not np.array_equal(runs[0]["losses/critic"], different["losses/critic"])
+
+
+@pytest.mark.parametrize("script", ALGORITHMS)
 @pytest.mark.parametrize("args, message", [
     (["--batch-size", "-1"], "--batch-size must be positive"),
     (["--log-every", "0"], "--total-steps and --log-every must be positive"),
@@ -38,17 +48,17 @@ def test_bad_shared_flags_are_one_clear_line(script, args, message, minari_store
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 def test_eval_only_rejects_a_checkpoint_of_another_algorithm(script, tiny_hopper, tmp_path):
-    module = importlib.import_module(script)
-    state = getattr(module, MAKERS[script])(module.Args(), 11, 3).init(jax.random.PRNGKey(0))
+    module, make_agent = load_algorithm(script)
+    state = make_agent(module.Args(), 11, 3).init(jax.random.PRNGKey(0))
     other = "cql" if script == "iql" else "iql"
     save_checkpoint(tmp_path / "other.msgpack", state, {"algorithm": other, "env_id": tiny_hopper, "step": 0})
     with pytest.raises(SystemExit, match=f"error: .*other.msgpack was written by {other}, not {script}$"):
         module.main(module.Args(env_id=tiny_hopper, eval_only=True, checkpoint=tmp_path / "other.msgpack"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 def test_nan_loss_stops_the_run_naming_update_and_loss(script, tiny_hopper, tmp_path, monkeypatch):
     module = importlib.import_module(script)
     real = datasets.load_dataset
@@ -58,14 +68,14 @@ def test_nan_loss_stops_the_run_naming_update_and_loss(script, tiny_hopper, tmp_
         data.reward[:] = np.nan  # the critic's TD target is the first thing to break
         return data
 
-    monkeypatch.setattr(training, "load_dataset", poisoned)
+    monkeypatch.setattr(experiment, "load_dataset", poisoned)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=r"losses/critic became nan.* at update 1;"):
-        module.main(module.Args(env_id=tiny_hopper, **SMALL))
+        module.main(module.Args(env_id=tiny_hopper, **SMALL_RUN))
     assert list(tmp_path.glob("runs/*/nonfinite.msgpack"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 def test_ctrl_c_saves_and_exits_cleanly(script, tiny_hopper, tmp_path):
     proc = subprocess.Popen([sys.executable, str(REPO / f"{script}.py"), "--env-id", tiny_hopper,
                              "--total-steps", "10000000", *CLI_SMALL], cwd=tmp_path,
@@ -82,11 +92,11 @@ def test_ctrl_c_saves_and_exits_cleanly(script, tiny_hopper, tmp_path):
     assert list(tmp_path.glob("runs/*/final.msgpack"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 def test_a_resumed_run_takes_the_same_updates_as_one_never_stopped(script, tiny_hopper, tmp_path, monkeypatch):
     module = importlib.import_module(script)
     monkeypatch.chdir(tmp_path)
-    flags = dict(SMALL, total_steps=16, eval_every=4, save_every=8)
+    flags = dict(SMALL_RUN, total_steps=16, eval_every=4, save_every=8)
     module.main(module.Args(env_id=tiny_hopper, **flags))
     (run_dir,) = tmp_path.glob("runs/*")
     never_stopped = read_checkpoint(run_dir / "final.msgpack")[1]
@@ -109,7 +119,7 @@ def test_a_resumed_run_takes_the_same_updates_as_one_never_stopped(script, tiny_
 def test_resuming_with_other_flags_is_refused(changed, message, tiny_hopper, tmp_path, monkeypatch):
     module = importlib.import_module("iql")
     monkeypatch.chdir(tmp_path)
-    flags = dict(SMALL, total_steps=16, eval_every=8, save_every=8)
+    flags = dict(SMALL_RUN, total_steps=16, eval_every=8, save_every=8)
     module.main(module.Args(env_id=tiny_hopper, **flags))
     (checkpoint,) = tmp_path.glob("runs/*/checkpoint_8.msgpack")
     with pytest.raises(SystemExit, match=message):
@@ -125,7 +135,7 @@ def test_evaluation_maps_the_policys_unit_actions_onto_the_bounds():
     assert make_env("Hopper-v5").action_space == make_env("Hopper-v5", rescale_actions=False).action_space
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 def test_bounded_actions_train_and_evaluate_as_the_prescaled_data_does(script, minari_store, tmp_path, monkeypatch,
                                                                        capsys):
     """Pendulum's torques in [-2, 2] against the same data with them halved onto [-1, 1], by the same seed: the
@@ -136,7 +146,7 @@ def test_bounded_actions_train_and_evaluate_as_the_prescaled_data_does(script, m
     monkeypatch.chdir(tmp_path)
     runs = {}
     for name in ("bounded", "prescaled"):
-        module.main(module.Args(env_id=f"tests/pendulum/{name}-v0", **SMALL))
+        module.main(module.Args(env_id=f"tests/pendulum/{name}-v0", **SMALL_RUN))
         (runs[name],) = tmp_path.glob(f"runs/tests-pendulum-{name}-v0__*")
     rows = {name: [row.split(",") for row in (run / "evaluations.csv").read_text().splitlines()]
             for name, run in runs.items()}
@@ -149,7 +159,7 @@ def test_bounded_actions_train_and_evaluate_as_the_prescaled_data_does(script, m
     assert (meta["action_low"], meta["action_high"]) == ([-2.0], [2.0])
 
     trained = eval_result_lines(capsys.readouterr().out)[-1]
-    module.main(module.Args(eval_only=True, checkpoint=runs["bounded"] / "final.msgpack", **SMALL))
+    module.main(module.Args(eval_only=True, checkpoint=runs["bounded"] / "final.msgpack", **SMALL_RUN))
     assert eval_result_lines(capsys.readouterr().out) == [trained]  # --eval-only maps its actions back the same way
 
 
@@ -179,7 +189,7 @@ def test_an_unknown_version_stops_the_script_before_anything_is_written(minari_s
     module = importlib.import_module("td3_bc")
     with pytest.raises(SystemExit, match="^error: Minari's hub has no dataset mujoco/hopper/medium-v99; the closest "
                                          "ids the hub lists: mujoco/hopper/medium-v0"):
-        module.main(module.Args(env_id="mujoco/hopper/medium-v99", **SMALL))
+        module.main(module.Args(env_id="mujoco/hopper/medium-v99", **SMALL_RUN))
     assert not (tmp_path / "runs").exists() and list(minari_store.iterdir()) == []
 
 
@@ -189,11 +199,11 @@ def eval_result_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("step ")]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 def test_eval_only_needs_no_dataset(script, tiny_hopper, tmp_path, monkeypatch, capsys):
     module = importlib.import_module(script)
     monkeypatch.chdir(tmp_path)
-    module.main(module.Args(env_id=tiny_hopper, **SMALL))
+    module.main(module.Args(env_id=tiny_hopper, **SMALL_RUN))
     (checkpoint,) = tmp_path.glob("runs/*/final.msgpack")
     (trained,) = eval_result_lines(capsys.readouterr().out)
 
@@ -203,8 +213,8 @@ def test_eval_only_needs_no_dataset(script, tiny_hopper, tmp_path, monkeypatch, 
     empty = tmp_path / "empty_store"
     empty.mkdir()
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(empty))
-    monkeypatch.setattr(training, "load_dataset", no_data)
-    module.main(module.Args(eval_only=True, checkpoint=checkpoint, **SMALL))
+    monkeypatch.setattr(experiment, "load_dataset", no_data)
+    module.main(module.Args(eval_only=True, checkpoint=checkpoint, **SMALL_RUN))
     out = capsys.readouterr().out
     assert "in Hopper-v5" in out and "trained on offrl-standin/hopper/random-v0" in out
     assert eval_result_lines(out) == [trained] and "normalized" in trained  # the checkpoint's reference scores
@@ -213,7 +223,7 @@ def test_eval_only_needs_no_dataset(script, tiny_hopper, tmp_path, monkeypatch, 
 
 def test_eval_only_in_an_empty_store_and_a_conflicting_env_id(tiny_hopper, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    importlib.import_module("td3_bc").main(importlib.import_module("td3_bc").Args(env_id=tiny_hopper, **SMALL))
+    importlib.import_module("td3_bc").main(importlib.import_module("td3_bc").Args(env_id=tiny_hopper, **SMALL_RUN))
     (checkpoint,) = tmp_path.glob("runs/*/final.msgpack")
     empty = tmp_path / "empty_store"
     empty.mkdir()
@@ -237,21 +247,21 @@ def test_eval_only_in_an_empty_store_and_a_conflicting_env_id(tiny_hopper, tmp_p
 def test_a_checkpoint_from_before_still_evaluates_from_its_dataset(tiny_hopper, tmp_path, monkeypatch, capsys):
     module = importlib.import_module("iql")
     monkeypatch.chdir(tmp_path)
-    module.main(module.Args(env_id=tiny_hopper, **SMALL))
+    module.main(module.Args(env_id=tiny_hopper, **SMALL_RUN))
     (checkpoint,) = tmp_path.glob("runs/*/final.msgpack")
     (trained,) = eval_result_lines(capsys.readouterr().out)
     meta, state = read_checkpoint(checkpoint)
     old_meta = {k: v for k, v in meta.items() if k not in ("eval_env_spec", "action_low", "action_high",
                                                             "ref_min_score", "ref_max_score")}
     save_checkpoint(tmp_path / "old.msgpack", state, old_meta)  # the same state, as checkpoints were written before
-    module.main(module.Args(eval_only=True, checkpoint=tmp_path / "old.msgpack", **SMALL))
+    module.main(module.Args(eval_only=True, checkpoint=tmp_path / "old.msgpack", **SMALL_RUN))
     out = capsys.readouterr().out
     assert "[data] offrl-standin/hopper/random-v0" in out and eval_result_lines(out) == [trained]
 
 
 # ---- flags that make no sense ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 def test_empty_hidden_dims_is_one_clear_line(script, minari_store, tmp_path):
     out = run_script(f"{script}.py", "--hidden-dims", cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr
@@ -263,7 +273,7 @@ def test_empty_hidden_dims_is_one_clear_line(script, minari_store, tmp_path):
 LEARNING_RATE = {"iql": "learning_rate", "td3_bc": "learning_rate", "awr": "learning_rate", "cql": "critic_lr"}
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", ALGORITHMS)
 @pytest.mark.parametrize("flags, message", [
     (dict(hidden_dims=(32, 0)), "--hidden-dims must be one or more positive layer widths"),
     (dict(discount=1.5), "--discount must be in [0, 1], got 1.5"),
@@ -278,9 +288,9 @@ def test_senseless_values_are_refused_before_anything_is_written(script, flags, 
     if "learning_rate" in flags:
         flags = {LEARNING_RATE[script]: flags["learning_rate"]}
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(training, "load_dataset", lambda name: pytest.fail("the flags were checked after loading"))
+    monkeypatch.setattr(experiment, "load_dataset", lambda name: pytest.fail("the flags were checked after loading"))
     with pytest.raises(SystemExit) as e:
-        module.main(module.Args(**(SMALL | flags)))
+        module.main(module.Args(**(SMALL_RUN | flags)))
     assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "runs").exists()
 
@@ -295,5 +305,5 @@ def test_senseless_algorithm_values_are_refused(script, flags, message, tmp_path
     module = importlib.import_module(script)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}"):
-        module.main(module.Args(**(SMALL | flags)))
+        module.main(module.Args(**(SMALL_RUN | flags)))
     assert not (tmp_path / "runs").exists()

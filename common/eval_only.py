@@ -1,0 +1,70 @@
+"""--eval-only: evaluate a checkpoint where it was trained; the checkpoint records where and how to act."""
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+
+from common.checkpoints import check_algorithm, load_checkpoint, read_checkpoint
+from common.datasets import DatasetError, resolve_name
+from common.evaluation import make_evaluator
+from common.experiment import init_states, load_training_data
+from common.logger import eval_lines
+
+
+def evaluate_checkpoint(args, algorithm: str, make_agent):
+    """--eval-only: evaluate args.checkpoint where it was trained, without its dataset.
+
+    The checkpoint records the evaluation environment, the action bounds and the reference scores; its state holds
+    the rest of what the policy reads (TD3+BC's observation statistics). One written before checkpoints recorded
+    these is evaluated as it was then: its dataset is loaded for them, and its actions are not rescaled.
+    `make_agent(args, obs_dim, action_dim)` builds the networks, as each script's make_<algo> does.
+    """
+    try:
+        meta, _ = read_checkpoint(args.checkpoint)
+        check_algorithm(args.checkpoint, meta, algorithm)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    if args.env_id is not None and not names_its_data(args.env_id, meta):
+        raise SystemExit(f"error: {args.checkpoint} was trained on --env-id {meta.get('env_id')} (dataset "
+                         f"{meta.get('dataset_id')}), not on --env-id {args.env_id}; leave --env-id out to evaluate "
+                         f"it where it was trained")
+    if "eval_env_spec" in meta:
+        env_spec = gym.envs.registration.EnvSpec.from_json(meta["eval_env_spec"])
+        ref_scores, rescale = (meta["ref_min_score"], meta["ref_max_score"]), True
+    else:
+        print(f"note: {args.checkpoint} records no environment (it was written before checkpoints did): evaluating "
+              f"it in its dataset's, with its actions passed on unscaled as they were then")
+        data = load_training_data(dataclasses.replace(args, env_id=args.env_id or meta.get("env_id")))
+        env_spec, ref_scores, rescale = data.env_spec, (data.ref_min_score, data.ref_max_score), False
+    try:
+        env = gym.make(env_spec)
+    except Exception as e:
+        raise SystemExit(f"error: cannot make {env_spec.id}, the environment {args.checkpoint} records "
+                         f"({type(e).__name__}: {e})")
+    space, obs_dim = env.action_space, env.observation_space.shape[0]
+    env.close()
+    if rescale and not (np.allclose(space.low, meta["action_low"]) and np.allclose(space.high, meta["action_high"])):
+        raise SystemExit(f"error: {args.checkpoint} was trained for actions in [{meta['action_low']}, "
+                         f"{meta['action_high']}], but {env_spec.id} has the action space {space}")
+    agent = make_agent(args, obs_dim, space.shape[0])
+    try:
+        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, args), algorithm)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"evaluating {args.checkpoint} (update {meta['step']}, trained on {meta.get('dataset_id')}) in {env_spec.id}")
+    returns, scores = make_evaluator(agent.policy, env_spec, ref_scores, args.num_seeds, args.eval_episodes,
+                                     rescale)(state)
+    print("\n".join(eval_lines(list(range(args.seed, args.seed + args.num_seeds)), meta["step"], returns, scores)))
+    return state
+
+
+def names_its_data(env_id: str, meta: dict) -> bool:
+    """Does --env-id name the data a checkpoint was trained on: the same name, or one resolving to its dataset?"""
+    if env_id == meta.get("env_id"):
+        return True
+    try:
+        resolved = resolve_name(env_id)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    return meta.get("dataset_id") in (resolved.official_id, resolved.standin_id)

@@ -1,0 +1,46 @@
+"""The two guards of a training loop: stop on the first non-finite metric, and turn Ctrl-C into a clean stop."""
+
+import signal
+
+import numpy as np
+
+
+def first_nonfinite(metrics: dict):
+    """(index, names) of the first update whose metrics hold a NaN/inf, from per-update arrays; else None."""
+    bad = {name: np.flatnonzero(~np.isfinite(np.asarray(values))) for name, values in metrics.items()}
+    bad = {name: idx[0] for name, idx in bad.items() if idx.size}
+    if not bad:
+        return None
+    first = min(bad.values())
+    return int(first), sorted(name for name, idx in bad.items() if idx == first)
+
+
+def stop_if_nonfinite(per_seed_metrics: list[dict], step: int, first_seed: int, save):
+    """Exit naming the loss and the update that first went non-finite, after `save()` (-> the path it wrote).
+
+    `per_seed_metrics` holds one dict of per-update arrays per seed (seeds first_seed, first_seed + 1, ...);
+    `step` is the update count before this chunk.
+    """
+    for seed, metrics in enumerate(per_seed_metrics, start=first_seed):
+        bad = first_nonfinite(metrics)
+        if bad:
+            path = save()
+            index, names = bad
+            values = ", ".join(f"{name} became {metrics[name][index]}" for name in names)
+            prefix = f"seed {seed}: " if len(per_seed_metrics) > 1 else ""
+            raise SystemExit(f"error: {prefix}{values} at update {step + index + 1}; stopped (state saved to {path})")
+
+
+class GracefulInterrupt:
+    """Turn Ctrl-C (and SIGTERM) into a flag, so the loop can finish its chunk, save and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._request)
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, *_):
+        if self.requested:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this chunk, saving a checkpoint, then stopping (Ctrl-C again to abort)")
