@@ -202,23 +202,24 @@ def main(args: Args):
     train_chunk = jax.jit(jax.vmap(iql.train_chunk, in_axes=(0, None))) if args.num_seeds > 1 else iql.train_chunk
     evaluate = make_evaluator(iql.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
     run, state, step = start_run(args, "iql", state, data)  # a new run directory, or the resumed checkpoint's
-    interrupt = GracefulInterrupt()
-    bar = tqdm(total=args.total_steps, initial=step, desc="iql", unit="update", smoothing=0.1)
-    while step < args.total_steps and not interrupt.requested:
-        start = time.perf_counter()
-        state, metrics = train_chunk(state, device_data)
-        metrics = per_seed(jax.device_get(metrics), args.num_seeds)  # host sync point: once per chunk
-        updates_per_sec = args.log_every / (time.perf_counter() - start)
-        stop_if_nonfinite(metrics, step, args.seed, lambda: run.save("nonfinite.msgpack", state, step + args.log_every))
-        step += args.log_every
-        bar.update(args.log_every)
-        scalars = [{k: v.mean() for k, v in m.items()} for m in metrics]
-        run.log_chunk(scalars, step, updates_per_sec)
-        if step % args.eval_every == 0 or step == args.total_steps:
-            bar.write(run.log_evaluation(step, *evaluate(state), scalars))
-        if args.save_every and step % args.save_every == 0:
-            run.save(f"checkpoint_{step}.msgpack", state, step)
-    bar.close()
+    with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after
+        bar = tqdm(total=args.total_steps, initial=step, desc="iql", unit="update", smoothing=0.1)
+        while step < args.total_steps and not interrupt.requested:
+            start = time.perf_counter()
+            state, metrics = train_chunk(state, device_data)
+            metrics = per_seed(jax.device_get(metrics), args.num_seeds)  # host sync point: once per chunk
+            updates_per_sec = args.log_every / (time.perf_counter() - start)
+            stop_if_nonfinite(metrics, step, args.seed,
+                              lambda: run.save("nonfinite.msgpack", state, step + args.log_every))
+            step += args.log_every
+            bar.update(args.log_every)
+            scalars = [{k: v.mean() for k, v in m.items()} for m in metrics]
+            run.log_chunk(scalars, step, updates_per_sec)
+            if step % args.eval_every == 0 or step == args.total_steps:
+                bar.write(run.log_evaluation(step, *evaluate(state), scalars))
+            if args.save_every and step % args.save_every == 0:
+                run.save(f"checkpoint_{step}.msgpack", state, step)
+        bar.close()
     run.finish(state, step, interrupted=interrupt.requested)
 
 

@@ -134,7 +134,8 @@ def plot_imitation(comparison: dict, path: Path):
         x = [j for j, scores in enumerate(comparison.values()) if name in scores]
         values = [scores[name] for scores in comparison.values() if name in scores]
         ax.bar(np.array(x) + (i - (len(names) - 1) / 2) * width, [v[0] for v in values], width,
-               yerr=None if name == "data" else [v[1] or 0.0 for v in values], capsize=2, label={"data": "data's mean", "bc": "BC control"}.get(name, name),
+               yerr=None if name == "data" else [v[1] or 0.0 for v in values], capsize=2,
+               label={"data": "data's mean", "bc": "BC control"}.get(name, name),
                color="lightgray" if name == "data" else None)
     ax.set_xticks(range(len(comparison)), list(comparison), rotation=15, fontsize=8)
     ax.set(ylabel="normalized score (final, mean ± std over seeds)", title="What offline RL buys over imitation")

@@ -219,44 +219,45 @@ def main(args: Args):
     (out / "config.json").write_text(json.dumps({**vars(args), "out_dir": str(args.out_dir), "env_id": env_id,
                                                  "obs_dim": obs_dim, "action_dim": action_dim}, indent=2))
 
-    interrupt = GracefulInterrupt()
-    history = out / "history.csv"
-    if not history.exists():
-        history.write_text("step,eval_return_mean,eval_return_std,train_episodes,wall_time\n")
-    act_key = jax.random.fold_in(jax.random.PRNGKey(args.seed + 1_000_003), step)  # fresh noise after a resume
-    bar = tqdm(total=last_step, initial=step, desc=env_id, smoothing=0.05)
-    start, metrics, saved_at = time.time(), {}, step
-    while step < last_step and not interrupt.requested:
-        for _ in range(args.update_every):
-            if step < args.learning_starts:
-                action = rng.uniform(-1, 1, action_dim).astype(np.float32)
-            else:
-                act_key, k = jax.random.split(act_key)
-                action = np.asarray(act(state.actor, obs, k))
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffer.add(obs=obs, action=action, reward=reward, next_obs=next_obs, terminal=float(terminated),
-                       truncated=float(truncated and not terminated))
-            obs, step = next_obs, step + 1
-            if terminated or truncated:
-                obs, _ = env.reset(seed=args.seed + step)
-                episodes += 1
-        bar.update(args.update_every)
-        if step >= max(args.learning_starts, refill_until):
-            batches = buffer.sample(rng, args.update_every, args.batch_size)
-            state, metrics = train_block(state, batches)
-        if step % args.save_every == 0:
-            (ckpt_dir / f"actor_{step:07d}.msgpack").write_bytes(flax.serialization.to_bytes(state.actor))
-            returns = run_episodes(lambda o: act_deterministic(state.actor, o), env_id, args.eval_episodes,
-                                   EVAL_SEED)  # the offline runs' episodes
-            with history.open("a") as f:
-                csv.writer(f).writerow([step, f"{returns.mean():.1f}", f"{returns.std():.1f}", episodes,
-                                        f"{earlier_wall_time + time.time() - start:.0f}"])
-            bar.write(f"step {step}: eval return {returns.mean():.0f} ± {returns.std():.0f}  "
-                      + "  ".join(f"{k} {float(v):.3g}" for k, v in metrics.items()))
-        if step % args.resume_every == 0 or step == last_step:
-            save_resume(out, buffer_file, state, buffer, step, episodes, rng, earlier_wall_time + time.time() - start)
-            saved_at = step
-    bar.close()
+    with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after
+        history = out / "history.csv"
+        if not history.exists():
+            history.write_text("step,eval_return_mean,eval_return_std,train_episodes,wall_time\n")
+        act_key = jax.random.fold_in(jax.random.PRNGKey(args.seed + 1_000_003), step)  # fresh noise after a resume
+        bar = tqdm(total=last_step, initial=step, desc=env_id, smoothing=0.05)
+        start, metrics, saved_at = time.time(), {}, step
+        while step < last_step and not interrupt.requested:
+            for _ in range(args.update_every):
+                if step < args.learning_starts:
+                    action = rng.uniform(-1, 1, action_dim).astype(np.float32)
+                else:
+                    act_key, k = jax.random.split(act_key)
+                    action = np.asarray(act(state.actor, obs, k))
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                buffer.add(obs=obs, action=action, reward=reward, next_obs=next_obs, terminal=float(terminated),
+                           truncated=float(truncated and not terminated))
+                obs, step = next_obs, step + 1
+                if terminated or truncated:
+                    obs, _ = env.reset(seed=args.seed + step)
+                    episodes += 1
+            bar.update(args.update_every)
+            if step >= max(args.learning_starts, refill_until):
+                batches = buffer.sample(rng, args.update_every, args.batch_size)
+                state, metrics = train_block(state, batches)
+            if step % args.save_every == 0:
+                (ckpt_dir / f"actor_{step:07d}.msgpack").write_bytes(flax.serialization.to_bytes(state.actor))
+                returns = run_episodes(lambda o: act_deterministic(state.actor, o), env_id, args.eval_episodes,
+                                       EVAL_SEED)  # the offline runs' episodes
+                with history.open("a") as f:
+                    csv.writer(f).writerow([step, f"{returns.mean():.1f}", f"{returns.std():.1f}", episodes,
+                                            f"{earlier_wall_time + time.time() - start:.0f}"])
+                bar.write(f"step {step}: eval return {returns.mean():.0f} ± {returns.std():.0f}  "
+                          + "  ".join(f"{k} {float(v):.3g}" for k, v in metrics.items()))
+            if step % args.resume_every == 0 or step == last_step:
+                save_resume(out, buffer_file, state, buffer, step, episodes, rng,
+                            earlier_wall_time + time.time() - start)
+                saved_at = step
+        bar.close()
     if saved_at != step:  # stopped between two scheduled saves (Ctrl-C at any moment of the loop)
         save_resume(out, buffer_file, state, buffer, step, episodes, rng, earlier_wall_time + time.time() - start)
     if interrupt.requested:

@@ -32,12 +32,18 @@ def stop_if_nonfinite(per_seed_metrics: list[dict], step: int, first_seed: int, 
 
 
 class GracefulInterrupt:
-    """Turn Ctrl-C (and SIGTERM) into a flag, so the loop can finish its chunk, save and exit cleanly."""
+    """Inside `with`, turn Ctrl-C (and SIGTERM) into a flag, so the loop can finish its chunk, save and exit
+    cleanly. On leaving, the handlers from before come back: a caller in the same process (a test, a notebook)
+    gets its Ctrl-C back."""
 
-    def __init__(self):
+    def __enter__(self):
         self.requested = False
-        signal.signal(signal.SIGINT, self._request)
-        signal.signal(signal.SIGTERM, self._request)
+        self._before = {signum: signal.signal(signum, self._request) for signum in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *_):
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)
 
     def _request(self, *_):
         if self.requested:  # a second Ctrl-C means "now"

@@ -307,3 +307,15 @@ def test_senseless_algorithm_values_are_refused(script, flags, message, tmp_path
     with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}"):
         module.main(module.Args(**(SMALL_RUN | flags)))
     assert not (tmp_path / "runs").exists()
+
+
+def test_graceful_interrupt_gives_ctrl_c_back_when_the_loop_ends():
+    from common.guards import GracefulInterrupt
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with GracefulInterrupt() as interrupt:
+        signal.raise_signal(signal.SIGINT)  # inside: a flag, so the loop can save first
+        assert interrupt.requested
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(KeyboardInterrupt):  # after: Ctrl-C means what it meant before (a test run, a notebook)
+        signal.raise_signal(signal.SIGINT)
