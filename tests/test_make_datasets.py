@@ -213,6 +213,12 @@ class StopSoon:
     def __init__(self):
         self.reads = 0
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        pass
+
     @property
     def requested(self):
         self.reads += 1
