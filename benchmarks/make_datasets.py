@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 import os
 import shutil
 import signal
@@ -173,12 +174,16 @@ def collect(env: str, quality: str, num_steps: int, seed: int, workers: int) -> 
     # their number, and sixteen of them on a GPU machine do not each claim the GPU.
     worker_env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false "
                   "intra_op_parallelism_threads=1", "OMP_NUM_THREADS": "1"}
-    with _environ(worker_env), context.Pool(workers, _start_worker, (env, quality, seed, BEHAVIOR_DIR)) as pool:
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies raises BrokenProcessPool instead of a hang,
+    # and leaving with episodes still queued cancels them (Pool.terminate could deadlock there).
+    with _environ(worker_env), contextlib.ExitStack() as stack:
+        pool = ProcessPoolExecutor(workers, context, _start_worker, (env, quality, seed, BEHAVIOR_DIR))
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         bar = tqdm(total=num_steps, desc=f"{env}-{quality} ({workers} workers)", mininterval=2.0)
         while steps < num_steps:
             mean_length = steps / len(episodes) if episodes else 1000
             block = max(workers, min(20_000, math.ceil(1.05 * (num_steps - steps) / mean_length)))
-            for episode in pool.imap(_episode, range(first, first + block), chunksize=max(1, block // (8 * workers))):
+            for episode in pool.map(_episode, range(first, first + block), chunksize=max(1, block // (8 * workers))):
                 episode = _cut(episode, num_steps - steps)
                 episodes.append(episode)
                 steps += len(episode.rewards)
