@@ -274,11 +274,16 @@ def rerun_reaches_medium(env: str) -> int:
     run (hopper's and walker2d's did) is past medium well before the committed run's medium step."""
     committed = BEHAVIOR_DIR / env
     medium_step = json.loads((committed / "selection.json").read_text())["medium"]["step"]
-    with (committed / "history.csv").open() as f:
-        medium = next(float(row["eval_return_mean"]) for row in csv.DictReader(f) if int(row["step"]) == medium_step)
+    medium = float(history_row(committed / "history.csv", medium_step)["eval_return_mean"])
     with (committed / "replay_history.csv").open() as f:
         return next((int(row["step"]) for row in csv.DictReader(f)
                      if float(row["eval_return_mean"]) >= medium and int(row["step"]) <= medium_step), medium_step)
+
+
+def history_row(path: Path, step: int) -> dict:
+    """The row of a behaviour run's history.csv (or its rerun's) for the evaluation at `step`."""
+    with path.open() as f:
+        return next(row for row in csv.DictReader(f) if int(row["step"]) == step)
 
 
 def first_steps(episodes: list, steps: int) -> list:
@@ -490,14 +495,10 @@ def replay_reruns() -> str:
         if not (committed / "replay_history.csv").exists():
             continue
         step = json.loads((committed / "selection.json").read_text())["medium"]["step"]
-        at_step = {}
-        for name in ("history.csv", "replay_history.csv"):
-            with (committed / name).open() as f:
-                at_step[name] = next(row for row in csv.DictReader(f) if int(row["step"]) == step)
-        committed_row, rerun = at_step["history.csv"], at_step["replay_history.csv"]
+        committed_row = history_row(committed / "history.csv", step)
+        rerun = history_row(committed / "replay_history.csv", step)
         end = rerun_reaches_medium(env)
-        with (committed / "replay_history.csv").open() as f:
-            at_end = next(row for row in csv.DictReader(f) if int(row["step"]) == end)
+        at_end = history_row(committed / "replay_history.csv", end)
         rows.append(f"| {env} | {step} | {committed_row['eval_return_mean']} ± {committed_row['eval_return_std']} | "
                     f"{rerun['eval_return_mean']} ± {rerun['eval_return_std']} | {rerun['train_episodes']} | "
                     f"{int(rerun['wall_time']) / 60:.0f} min | {end} | {at_end['eval_return_mean']} ± "
