@@ -13,8 +13,14 @@ RESUMABLE_CHANGES = {"checkpoint", "eval_only", "exp_name", "eval_every", "eval_
 
 
 def settings(args) -> dict:
-    """The flags of a run as strings: written to args.json and into every checkpoint."""
-    return {k: str(v) for k, v in dataclasses.asdict(args).items()}
+    """The flags of a run with their types, as JSON holds them (a tuple as a list, a path as a string): written to
+    args.json and into every checkpoint, so that the checkpoint alone can rebuild its agent."""
+    return json.loads(json.dumps(dataclasses.asdict(args), default=str))
+
+
+def as_text(flags: dict) -> bool:
+    """Were these flags recorded as strings, as checkpoints did before they kept the types?"""
+    return all(isinstance(value, str) for value in flags.values())
 
 
 def save_checkpoint(path: Path, state, meta: dict):
@@ -73,6 +79,8 @@ def resume(args, state, algorithm: str):
         raise SystemExit(f"error: {args.checkpoint} does not record its flags, so it cannot be resumed safely; "
                          f"--eval-only evaluates it")
     now = settings(args)
+    if as_text(meta["args"]):  # an older checkpoint: compare the flags as it wrote them
+        now = {k: str(v) for k, v in dataclasses.asdict(args).items()}
     changed = [k for k in now if k not in RESUMABLE_CHANGES and meta["args"].get(k) != now[k]]
     if changed:
         was = ", ".join(f"--{k.replace('_', '-')} {meta['args'].get(k)} (now {now[k]})" for k in changed)

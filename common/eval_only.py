@@ -1,7 +1,5 @@
 """--eval-only: evaluate a checkpoint where it was trained; the checkpoint records where and how to act."""
 
-import dataclasses
-
 import gymnasium as gym
 import numpy as np
 
@@ -35,7 +33,7 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
     else:
         print(f"note: {args.checkpoint} records no environment (it was written before checkpoints did): evaluating "
               f"it in its dataset's, with its actions passed on unscaled as they were then")
-        data = load_training_data(dataclasses.replace(args, env_id=args.env_id or meta.get("env_id")))
+        data = load_training_data(args.env_id or meta.get("env_id"))
         env_spec, ref_scores, rescale = data.env_spec, (data.ref_min_score, data.ref_max_score), False
     try:
         env = gym.make(env_spec)
@@ -49,7 +47,7 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
                          f"{meta['action_high']}], but {env_spec.id} has the action space {space}")
     agent = make_agent(args, obs_dim, space.shape[0])
     try:
-        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, args), algorithm)
+        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, args.seed, args.num_seeds), algorithm)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     print(f"evaluating {args.checkpoint} (update {meta['step']}, trained on {meta.get('dataset_id')}) in {env_spec.id}")
