@@ -34,7 +34,7 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
         print(f"note: {args.checkpoint} records no environment (it was written before checkpoints did): evaluating "
               f"it in its dataset's, with its actions passed on unscaled as they were then")
         data = load_training_data(args.env_id or meta.get("env_id"))
-        env_spec, ref_scores, rescale = data.env_spec, (data.ref_min_score, data.ref_max_score), False
+        env_spec, ref_scores, rescale = data.env_spec, data.ref_scores, False
     try:
         env = gym.make(env_spec)
     except Exception as e:
