@@ -25,7 +25,7 @@ import numpy as np
 import tyro
 
 from benchmarks.algorithms import ALGORITHMS, load_algorithm
-from common.checkpoints import as_text, check_algorithm, load_checkpoint, read_checkpoint
+from common.checkpoints import as_text, load_checkpoint, read_checkpoint
 from common.datasets import load_dataset
 from common.evaluation import EVAL_SEED, make_env
 from common.experiment import init_states
@@ -106,8 +106,7 @@ def main(args: Args):
         raise SystemExit(f"error: unknown algorithm {args.algo}; choose from {list(ALGORITHMS)}")
     module, make_agent = load_algorithm(args.algo)
     try:  # missing, unreadable, not ours or another algorithm's: one line, not a traceback
-        meta, _ = read_checkpoint(args.checkpoint)
-        check_algorithm(args.checkpoint, meta, args.algo)
+        meta, _ = read_checkpoint(args.checkpoint, args.algo)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     trained = trained_args(module, meta, args.checkpoint)

@@ -3,7 +3,7 @@
 import gymnasium as gym
 import numpy as np
 
-from common.checkpoints import check_algorithm, load_checkpoint, read_checkpoint
+from common.checkpoints import load_checkpoint, read_checkpoint
 from common.datasets import DatasetError, resolve_name
 from common.evaluation import make_evaluator
 from common.experiment import init_states, load_training_data
@@ -19,8 +19,7 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
     `make_agent(args, obs_dim, action_dim)` builds the networks, as each script's make_<algo> does.
     """
     try:
-        meta, _ = read_checkpoint(args.checkpoint)
-        check_algorithm(args.checkpoint, meta, algorithm)
+        meta, _ = read_checkpoint(args.checkpoint, algorithm)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     if args.env_id is not None and not names_its_data(args.env_id, meta):
