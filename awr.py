@@ -177,13 +177,13 @@ def main(args: Args):
     check_args(args)
     if args.eval_only:  # the checkpoint records its environment, bounds and scores: no dataset
         return evaluate_checkpoint(args, "awr", make_awr)
-    data = load_training_data(args)
+    data = load_training_data(args.env_id)
     device_data = {"obs": data.obs, "action": data.action, "reward": data.reward,
                    "next_obs": data.next_obs, "terminal": data.terminal}
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
     awr = make_awr(args, data.obs.shape[1], data.action.shape[1])
-    state = init_states(awr.init, args)  # with --num-seeds N: N states, stacked
+    state = init_states(awr.init, args.seed, args.num_seeds)  # with --num-seeds N: N states, stacked
     train_chunk = jax.jit(jax.vmap(awr.train_chunk, in_axes=(0, None))) if args.num_seeds > 1 else awr.train_chunk
     evaluate = make_evaluator(awr.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
     run, state, step = start_run(args, "awr", state, data)  # a new run directory, or the resumed checkpoint's

@@ -190,7 +190,7 @@ def main(args: Args):
     check_args(args)
     if args.eval_only:  # the checkpoint records its environment, bounds and scores: no dataset
         return evaluate_checkpoint(args, "iql", make_iql)
-    data = load_training_data(args)
+    data = load_training_data(args.env_id)
     returns = data.episode_returns
     reward_scale = 1000.0 / max(returns.max() - returns.min(), 1e-6)
     device_data = {"obs": data.obs, "action": data.action, "reward": data.reward * reward_scale,
@@ -198,7 +198,7 @@ def main(args: Args):
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
     iql = make_iql(args, data.obs.shape[1], data.action.shape[1])
-    state = init_states(iql.init, args)  # with --num-seeds N: N states, stacked
+    state = init_states(iql.init, args.seed, args.num_seeds)  # with --num-seeds N: N states, stacked
     train_chunk = jax.jit(jax.vmap(iql.train_chunk, in_axes=(0, None))) if args.num_seeds > 1 else iql.train_chunk
     evaluate = make_evaluator(iql.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
     run, state, step = start_run(args, "iql", state, data)  # a new run directory, or the resumed checkpoint's

@@ -248,14 +248,15 @@ def main(args: Args):
     check_args(args)
     if args.eval_only:  # the checkpoint holds its environment, bounds, scores and observation statistics
         return evaluate_checkpoint(args, "td3_bc", make_td3_bc)
-    data = load_training_data(args)
+    data = load_training_data(args.env_id)
     obs_mean, obs_std = data.obs.mean(0), data.obs.std(0) + 1e-3
     device_data = {"obs": (data.obs - obs_mean) / obs_std, "action": data.action, "reward": data.reward,
                    "next_obs": (data.next_obs - obs_mean) / obs_std, "terminal": data.terminal}
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
     td3_bc = make_td3_bc(args, data.obs.shape[1], data.action.shape[1])
-    state = init_states(lambda key: td3_bc.init(key)._replace(obs_mean=obs_mean, obs_std=obs_std), args)
+    state = init_states(lambda key: td3_bc.init(key)._replace(obs_mean=obs_mean, obs_std=obs_std),
+                        args.seed, args.num_seeds)
     train_chunk = td3_bc.train_chunk if args.num_seeds == 1 else jax.jit(jax.vmap(td3_bc.train_chunk, in_axes=(0, None)))
     evaluate = make_evaluator(td3_bc.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
     run, state, step = start_run(args, "td3_bc", state, data)  # a new run directory, or the resumed checkpoint's

@@ -12,24 +12,27 @@ Last, for the critics that evaluate the learned policy (TD3+BC, AWR, CQL; IQL's 
 value), what the critic expects along the policy's own episodes, min_i Q_i(s_t, π(s_t)), against the
 discounted return that actually followed: a critic far above it has been fooled by actions the data lacks;
 and on the data's states, how far above the data's own actions the critic rates the policy's.
-A checkpoint of several seeds (--num-seeds) is read seed by seed.
+A checkpoint of several seeds (--num-seeds) is read seed by seed. The checkpoint's own flags rebuild its
+networks: nothing about how it was trained needs to be passed again.
 """
 
-import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import flax.serialization
 import jax
 import numpy as np
 import tyro
 
 from benchmarks.algorithms import ALGORITHMS, load_algorithm
-from common.checkpoints import load_checkpoint
+from common.checkpoints import as_text, load_checkpoint, read_checkpoint
 from common.datasets import load_dataset
 from common.evaluation import EVAL_SEED, make_env
 from common.experiment import init_states
 from common.networks import TwinCritic
+
+
+IN_SAMPLE_CRITICS = {"iql"}  # a critic of the data's own actions, not of the learned policy: not compared
 
 
 @dataclass
@@ -37,8 +40,6 @@ class Args:
     algo: tyro.conf.Positional[str]
     checkpoint: tyro.conf.Positional[Path]
     episodes: int = 10
-    hidden_dims: tuple[int, ...] = (256, 256)
-    """the networks' sizes, as the run was trained with"""
 
 
 def episode(policy, env_spec, seed: int, rescale_actions: bool = True):
@@ -82,12 +83,21 @@ def returns_to_go(rewards, discount: float, ending: str, horizon: int = 300):
     return returns if ending == "terminated" else returns[:max(len(rewards) - horizon, 0)]
 
 
-def policy_q(algo: str, state, hidden_dims):
-    """(obs, action) -> min over the twin critics, for the algorithms whose critic evaluates the learned policy."""
-    if algo == "iql":
-        return None
+def trained_args(module, meta: dict, path: Path):
+    """The script's Args as the checkpoint's run had them (JSON's lists back to tuples)."""
+    flags = meta.get("args", {})
+    if not flags or as_text(flags):
+        raise SystemExit(f"error: {path} records its flags as text (it was written before checkpoints kept their "
+                         f"types), so its networks cannot be rebuilt from it; --eval-only still evaluates it")
+    fields = {f.name for f in dataclasses.fields(module.Args)}
+    return module.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in flags.items() if k in fields})
+
+
+def policy_q(state, hidden_dims):
+    """(raw obs, action) -> min over the twin critics, fed the observations as in training: normalized by the
+    statistics the state holds, if it holds any (TD3+BC's)."""
     critic = TwinCritic(hidden_dims)
-    normalize = (lambda o: (o - state.obs_mean) / state.obs_std) if algo == "td3_bc" else (lambda o: o)
+    normalize = (lambda o: (o - state.obs_mean) / state.obs_std) if hasattr(state, "obs_mean") else (lambda o: o)
     return jax.jit(lambda obs, action: critic.apply(state.critic, normalize(obs), action).min(0))
 
 
@@ -95,18 +105,17 @@ def main(args: Args):
     if args.algo not in ALGORITHMS:
         raise SystemExit(f"error: unknown algorithm {args.algo}; choose from {list(ALGORITHMS)}")
     module, make_agent = load_algorithm(args.algo)
+    try:  # missing, unreadable, not ours or another algorithm's: one line, not a traceback
+        meta, _ = read_checkpoint(args.checkpoint, args.algo)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    trained = trained_args(module, meta, args.checkpoint)
+    seeds = list(range(trained.seed, trained.seed + trained.num_seeds))
+    data = load_dataset(trained.env_id)
+    agent = make_agent(trained, data.obs.shape[1], data.action.shape[1])
     try:
-        meta = json.loads(flax.serialization.msgpack_restore(args.checkpoint.read_bytes())["meta"])
-    except Exception as e:  # missing, unreadable or not ours: one line, not a traceback
-        raise SystemExit(f"error: cannot read a checkpoint at {args.checkpoint} ({type(e).__name__}: {e})") from None
-    seeds = meta.get("seeds", [0])
-    data = load_dataset(meta["env_id"])
-    variant = {"variant": meta["args"]["variant"]} if "variant" in meta.get("args", {}) else {}  # td3_bc.py's
-    script_args = module.Args(env_id=meta["env_id"], seed=seeds[0], num_seeds=len(seeds), hidden_dims=args.hidden_dims,
-                              **variant)
-    agent = make_agent(script_args, data.obs.shape[1], data.action.shape[1])
-    try:
-        states, _ = load_checkpoint(args.checkpoint, init_states(agent.init, script_args), args.algo)
+        states, _ = load_checkpoint(args.checkpoint, init_states(agent.init, trained.seed, trained.num_seeds),
+                                    args.algo)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     low, high = np.percentile(data.obs, [0.1, 99.9], axis=0)
@@ -120,7 +129,7 @@ def main(args: Args):
     for i, seed in enumerate(seeds):
         state = jax.tree.map(lambda x: x[i], states) if len(seeds) > 1 else states  # noqa: B023 (used at once)
         visited, expected, achieved = [], [], []
-        q = policy_q(args.algo, state, args.hidden_dims)
+        q = None if args.algo in IN_SAMPLE_CRITICS else policy_q(state, trained.hidden_dims)
         print(f"seed {seed} (update {meta['step']}):")
         for j in range(args.episodes):
             obs, rewards, ending = episode(lambda o: agent.policy(state, o), data.env_spec, EVAL_SEED + j,  # noqa: B023
@@ -130,7 +139,7 @@ def main(args: Args):
             print(f"  episode {j}: return {rewards.sum():7.1f}, {len(rewards):4d} steps, {ending}; "
                   f"final state outside the data's range in dimensions {far.tolist()}")
             if q is not None:
-                achieved.append(returns_to_go(rewards, script_args.discount, ending))
+                achieved.append(returns_to_go(rewards, trained.discount, ending))
                 acted_on = obs[:len(achieved[-1])].astype(np.float32)
                 expected.append(np.asarray(q(acted_on, agent.policy(state, acted_on))))
         share = outside(np.concatenate(visited)).mean(0)

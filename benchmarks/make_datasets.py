@@ -24,6 +24,7 @@ statistics, not the bits.
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -143,7 +144,8 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
         shutil.rmtree(path, ignore_errors=True)  # never leave a half-written dataset behind
         raise
     print(f"[data] built {dataset_id} at {path} in {seconds:.0f} s ({method})")
-    load_dataset(dataset_id, report=False)  # read back once, silently: checks it and writes the flat-array cache
+    with contextlib.redirect_stdout(io.StringIO()):  # read back once, silently: checks it, writes the flat-array cache
+        load_dataset(dataset_id)
 
 
 ALGORITHMS = {"random": "uniform random actions", "medium": "SAC behaviour policy (medium)",

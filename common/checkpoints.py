@@ -13,8 +13,14 @@ RESUMABLE_CHANGES = {"checkpoint", "eval_only", "exp_name", "eval_every", "eval_
 
 
 def settings(args) -> dict:
-    """The flags of a run as strings: written to args.json and into every checkpoint."""
-    return {k: str(v) for k, v in dataclasses.asdict(args).items()}
+    """The flags of a run with their types, as JSON holds them (a tuple as a list, a path as a string): written to
+    args.json and into every checkpoint, so that the checkpoint alone can rebuild its agent."""
+    return json.loads(json.dumps(dataclasses.asdict(args), default=str))
+
+
+def as_text(flags: dict) -> bool:
+    """Were these flags recorded as strings, as checkpoints did before they kept the types?"""
+    return all(isinstance(value, str) for value in flags.values())
 
 
 def save_checkpoint(path: Path, state, meta: dict):
@@ -26,32 +32,30 @@ def save_checkpoint(path: Path, state, meta: dict):
     tmp.replace(path)  # atomic: an interrupted save never leaves half a checkpoint
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(meta, state as a dict of arrays) of a checkpoint; raises ValueError with a readable reason."""
+def read_checkpoint(path: Path, algorithm: str | None = None) -> tuple[dict, dict]:
+    """(meta, state as a dict of arrays) of a checkpoint, one `algorithm` wrote if that is given; raises ValueError
+    with a readable reason."""
     if not Path(path).is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
         raw = flax.serialization.msgpack_restore(Path(path).read_bytes())
-        return json.loads(raw["meta"]), raw["state"]
+        meta, state = json.loads(raw["meta"]), raw["state"]
     except Exception as e:
         raise ValueError(f"{path} is not a checkpoint written by this project ({type(e).__name__}: {e})") from e
+    if algorithm is not None and meta.get("algorithm") != algorithm:
+        raise ValueError(f"{path} was written by {meta.get('algorithm')}, not {algorithm}")
+    return meta, state
 
 
 def load_checkpoint(path: Path, template, algorithm: str):
     """Restore a state shaped like `template`; raises ValueError with a readable reason on a mismatch."""
-    meta, saved = read_checkpoint(path)
-    check_algorithm(path, meta, algorithm)
+    meta, saved = read_checkpoint(path, algorithm)
     try:
         state = flax.serialization.from_state_dict(template, saved)
         jax.tree.map(_same_shape, template, state)
     except Exception as e:
         raise ValueError(f"{path} does not fit these networks (env {meta.get('env_id')}): {e}") from e
     return state, meta
-
-
-def check_algorithm(path: Path, meta: dict, algorithm: str):
-    if meta.get("algorithm") != algorithm:
-        raise ValueError(f"{path} was written by {meta.get('algorithm')}, not {algorithm}")
 
 
 def _same_shape(a, b):
@@ -73,6 +77,8 @@ def resume(args, state, algorithm: str):
         raise SystemExit(f"error: {args.checkpoint} does not record its flags, so it cannot be resumed safely; "
                          f"--eval-only evaluates it")
     now = settings(args)
+    if as_text(meta["args"]):  # an older checkpoint: compare the flags as it wrote them
+        now = {k: str(v) for k, v in dataclasses.asdict(args).items()}
     changed = [k for k in now if k not in RESUMABLE_CHANGES and meta["args"].get(k) != now[k]]
     if changed:
         was = ", ".join(f"--{k.replace('_', '-')} {meta['args'].get(k)} (now {now[k]})" for k in changed)

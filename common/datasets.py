@@ -113,27 +113,25 @@ def resolve_name(name: str) -> Resolved:
     )
 
 
-def load_dataset(name: str, report: bool = True) -> OfflineDataset:
+def load_dataset(name: str) -> OfflineDataset:
     """Find the dataset (local store, then hub, then stand-in) and return it as flat arrays.
 
     Each `[data]` line is printed once, as soon as it is known: a fallback's reason before the build it causes.
-    `report=False` prints nothing (a builder reading back what it wrote).
     """
     import minari
 
     resolved = resolve_name(name)
     notes = []
-    say = print if report else (lambda *_: None)
 
     def note(text: str):
         notes.append(text)
-        say(f"[data] note: {text}")
+        print(f"[data] note: {text}")
 
     if resolved.note:
         note(resolved.note)
     local = set(minari.list_local_datasets())
     if resolved.official_id in local:
-        return _read(resolved.official_id, "local Minari store", notes, say)
+        return _read(resolved.official_id, "local Minari store", notes)
     if resolved.official_id:
         reachable, why = hub_reachable()
         if reachable:
@@ -149,7 +147,7 @@ def load_dataset(name: str, report: bool = True) -> OfflineDataset:
         if reachable:
             try:
                 minari.download_dataset(resolved.official_id)
-                return _read(resolved.official_id, "Minari hub (downloaded now)", notes, say)
+                return _read(resolved.official_id, "Minari hub (downloaded now)", notes)
             except DatasetError:
                 raise
             except Exception as e:  # a dropped connection, a version this Minari cannot read: the stand-in
@@ -164,9 +162,9 @@ def load_dataset(name: str, report: bool = True) -> OfflineDataset:
         note(f"{resolved.official_id} not available ({why}); using this project's stand-in "
              f"{resolved.standin_id} instead, which is NOT the official data.")
     if resolved.standin_id not in local:
-        say(f"[data] building stand-in dataset {resolved.standin_id} (once; it is stored in the local Minari store)")
+        print(f"[data] building stand-in dataset {resolved.standin_id} (once; it is stored in the local Minari store)")
         build_standin(resolved.standin_id)
-    return _read(resolved.standin_id, "project stand-in (local Minari store)", notes, say)
+    return _read(resolved.standin_id, "project stand-in (local Minari store)", notes)
 
 
 def build_standin(dataset_id: str):
@@ -217,7 +215,7 @@ def hub_reachable() -> tuple[bool, str]:
         return False, f"cannot connect to {host}: {e}"
 
 
-def _read(dataset_id: str, source: str, notes: list[str], say=print) -> OfflineDataset:
+def _read(dataset_id: str, source: str, notes: list[str]) -> OfflineDataset:
     """Read a dataset from the local store into flat arrays, or raise DatasetError saying why not."""
     import minari
     from minari.storage import get_dataset_path
@@ -238,11 +236,11 @@ def _read(dataset_id: str, source: str, notes: list[str], say=print) -> OfflineD
         raise DatasetError(f"Could not read dataset {dataset_id} at {path}: {type(e).__name__}: {e}. The file may be "
                            f"corrupted or incomplete; delete that folder and run again to rebuild or re-download it.") from e
     ref_min, ref_max, ref_note = reference_scores(metadata, env_spec.id)
-    say(f"[data] {dataset_id}: {len(arrays['episode_returns'])} episodes, {len(arrays['reward'])} transitions, "
+    print(f"[data] {dataset_id}: {len(arrays['episode_returns'])} episodes, {len(arrays['reward'])} transitions, "
         f"from {source}")
     if ref_note:
         notes.append(ref_note)
-        say(f"[data] note: {ref_note}")
+        print(f"[data] note: {ref_note}")
     return OfflineDataset(dataset_id, source, **arrays, env_spec=env_spec, action_low=action_space.low,
                           action_high=action_space.high, ref_min_score=ref_min, ref_max_score=ref_max, notes=notes)
 

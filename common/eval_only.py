@@ -1,11 +1,9 @@
 """--eval-only: evaluate a checkpoint where it was trained; the checkpoint records where and how to act."""
 
-import dataclasses
-
 import gymnasium as gym
 import numpy as np
 
-from common.checkpoints import check_algorithm, load_checkpoint, read_checkpoint
+from common.checkpoints import load_checkpoint, read_checkpoint
 from common.datasets import DatasetError, resolve_name
 from common.evaluation import make_evaluator
 from common.experiment import init_states, load_training_data
@@ -21,8 +19,7 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
     `make_agent(args, obs_dim, action_dim)` builds the networks, as each script's make_<algo> does.
     """
     try:
-        meta, _ = read_checkpoint(args.checkpoint)
-        check_algorithm(args.checkpoint, meta, algorithm)
+        meta, _ = read_checkpoint(args.checkpoint, algorithm)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     if args.env_id is not None and not names_its_data(args.env_id, meta):
@@ -35,8 +32,8 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
     else:
         print(f"note: {args.checkpoint} records no environment (it was written before checkpoints did): evaluating "
               f"it in its dataset's, with its actions passed on unscaled as they were then")
-        data = load_training_data(dataclasses.replace(args, env_id=args.env_id or meta.get("env_id")))
-        env_spec, ref_scores, rescale = data.env_spec, (data.ref_min_score, data.ref_max_score), False
+        data = load_training_data(args.env_id or meta.get("env_id"))
+        env_spec, ref_scores, rescale = data.env_spec, data.ref_scores, False
     try:
         env = gym.make(env_spec)
     except Exception as e:
@@ -49,7 +46,7 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
                          f"{meta['action_high']}], but {env_spec.id} has the action space {space}")
     agent = make_agent(args, obs_dim, space.shape[0])
     try:
-        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, args), algorithm)
+        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, args.seed, args.num_seeds), algorithm)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     print(f"evaluating {args.checkpoint} (update {meta['step']}, trained on {meta.get('dataset_id')}) in {env_spec.id}")

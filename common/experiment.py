@@ -78,21 +78,19 @@ def check_experiment_args(args, *algorithm_problems: tuple[bool, str]):
             raise SystemExit(f"error: {message}")
 
 
-def load_training_data(args):
+def load_training_data(env_id: str):
     """The dataset --env-id names (common/datasets.py), or a one-line exit saying why it cannot be had."""
     try:
-        return load_dataset(args.env_id)
+        return load_dataset(env_id)
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
 
 
-def init_states(init, args):
+def init_states(init, seed: int, num_seeds: int):
     """`init(PRNGKey(seed))`; with --num-seeds N, the states of seeds seed, ..., seed + N − 1 stacked on a new axis."""
-    if args.num_seeds == 1:
-        return init(jax.random.PRNGKey(args.seed))
-    return jax.vmap(init)(jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds)))
-
-
+    if num_seeds == 1:
+        return init(jax.random.PRNGKey(seed))
+    return jax.vmap(init)(jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds)))
 
 
 def per_seed(metrics: dict, num_seeds: int) -> list[dict]:

@@ -13,21 +13,20 @@ from common.checkpoints import resume, save_checkpoint, settings
 class Run:
     """One experiment: `runs/{env_id}__{exp_name}__{seed}__{unix_time}` with TensorBoard logs and checkpoints.
 
-    `resumed_at=step` continues the run whose checkpoint is args.checkpoint, in that checkpoint's directory:
+    With args.checkpoint, it continues the run that checkpoint (at update `step`) comes from, in its directory:
     what it logged after `step` (when it was killed after its last checkpoint) is dropped, so nothing is counted twice.
     `meta` is the header of every checkpoint it saves; `wall_before` the training seconds of the run it resumes.
     """
 
-    def __init__(self, args, meta: dict, root: Path = Path("runs"), resumed_at: int | None = None,
-                 wall_before: float = 0.0):
-        if resumed_at is None:
-            self.dir = root / f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    def __init__(self, args, meta: dict, step: int = 0, wall_before: float = 0.0):
+        if args.checkpoint is None:
+            self.dir = Path("runs") / f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
             self.dir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(self.dir))
         else:
             self.dir = Path(args.checkpoint).parent
-            self._drop_evaluations_after(resumed_at)
-            self.writer = SummaryWriter(str(self.dir), purge_step=resumed_at + 1)
+            self._drop_evaluations_after(step)
+            self.writer = SummaryWriter(str(self.dir), purge_step=step + 1)
         self.meta, self.seeds = meta, meta["seeds"]
         config = settings(args)
         self.json("args.json", config)
@@ -99,7 +98,7 @@ def start_run(args, algorithm: str, state, data):
             "eval_env_spec": data.env_spec.to_json(), "action_low": data.action_low.tolist(),
             "action_high": data.action_high.tolist(), "ref_min_score": data.ref_min_score,
             "ref_max_score": data.ref_max_score}
-    run = Run(args, meta, resumed_at=step if args.checkpoint is not None else None, wall_before=wall_before)
+    run = Run(args, meta, step, wall_before)
     run.writer.add_text("data", f"{data.dataset_id} from {data.source}. " + " ".join(data.notes))
     run.json("dataset.json", {"dataset_id": data.dataset_id, "source": data.source, "notes": data.notes,
                               "episodes": len(data.episode_returns), "transitions": len(data.obs),

@@ -1,17 +1,35 @@
 """benchmarks/diagnose.py: refuses what it cannot read in one line, measures actions against the data's, and
 reads a critic's value against the returns that followed (its replay is run in test_many_seeds and test_td3_bc)."""
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
 
 import tests.bounded_envs  # noqa: F401  (registers tests/Echo-v0)
 from benchmarks import diagnose
+from common.checkpoints import save_checkpoint, settings
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):
-    with pytest.raises(SystemExit, match="error: cannot read a checkpoint at .*nothing.msgpack"):
+    with pytest.raises(SystemExit, match="error: checkpoint .*nothing.msgpack does not exist"):
         diagnose.main(diagnose.Args("iql", tmp_path / "nothing.msgpack"))
+
+
+def test_a_checkpoint_whose_flags_are_text_is_one_clear_line(tmp_path):
+    save_checkpoint(tmp_path / "old.msgpack", {}, {"algorithm": "iql", "args": {"seed": "0", "hidden_dims": "(32, 32)"}})
+    with pytest.raises(SystemExit, match=r"^error: .*old.msgpack records its flags as text \(it was written before "
+                                         r"checkpoints kept their types\), so its networks cannot be rebuilt from it"):
+        diagnose.main(diagnose.Args("iql", tmp_path / "old.msgpack"))
+
+
+def test_the_checkpoints_flags_rebuild_the_scripts_args():
+    import td3_bc
+
+    args = td3_bc.Args(env_id="hopper-random", seed=4, num_seeds=2, hidden_dims=(32, 16), variant="sac_bc",
+                       policy_delay=3, checkpoint=None)
+    assert diagnose.trained_args(td3_bc, {"args": settings(args)}, Path("x")) == args
 
 
 def test_unknown_algorithm_is_refused(tmp_path):
@@ -59,6 +77,7 @@ def test_returns_to_go_are_discounted_and_drop_the_unknown_tail_of_a_cut_episode
 
 
 def test_policy_q_reads_the_critic_as_it_was_trained():
+    from cql import TrainState as CQLState
     from td3_bc import TrainState
 
     critic = diagnose.TwinCritic((8,))
@@ -67,10 +86,10 @@ def test_policy_q_reads_the_critic_as_it_was_trained():
     mean, std = np.array([2.0, 1.0], np.float32), np.array([4.0, 0.5], np.float32)
     state = TrainState(**dict.fromkeys(TrainState._fields))._replace(critic=params, obs_mean=mean, obs_std=std)
     twins = np.asarray(critic.apply(params, (obs - mean) / std, action))  # TD3+BC's critic saw normalized states
-    np.testing.assert_allclose(diagnose.policy_q("td3_bc", state, (8,))(obs, action), twins.min(0), rtol=1e-6)
+    np.testing.assert_allclose(diagnose.policy_q(state, (8,))(obs, action), twins.min(0), rtol=1e-6)
+    cql_state = CQLState(**dict.fromkeys(CQLState._fields))._replace(critic=params)
     twins = np.asarray(critic.apply(params, obs, action))  # CQL's saw raw ones
-    np.testing.assert_allclose(diagnose.policy_q("cql", state, (8,))(obs, action), twins.min(0), rtol=1e-6)
-    assert diagnose.policy_q("iql", state, (8,)) is None  # its Q is the data's value, not the policy's
+    np.testing.assert_allclose(diagnose.policy_q(cql_state, (8,))(obs, action), twins.min(0), rtol=1e-6)
 
 
 def test_episodes_map_the_policys_actions_onto_the_bounds_as_evaluation_does():

@@ -21,7 +21,7 @@ def test_vmapped_seeds_match_single_runs_with_the_same_seeds(script):
     args = module.Args(**SMALL_RUN, seed=3, num_seeds=2)
     agent = make_agent(args, 3, 2)
     data = random_batch(size=64)
-    stacked, stacked_metrics = jax.jit(jax.vmap(agent.train_chunk, in_axes=(0, None)))(init_states(agent.init, args),
+    stacked, stacked_metrics = jax.jit(jax.vmap(agent.train_chunk, in_axes=(0, None)))(init_states(agent.init, 3, 2),
                                                                                         data)
     for i, seed in enumerate([3, 4]):
         single, single_metrics = agent.train_chunk(agent.init(jax.random.PRNGKey(seed)), data)
@@ -62,7 +62,7 @@ def test_cli_trains_two_seeds_logs_each_and_evaluates_the_checkpoint(tiny_hopper
     assert "seed   5 | step      200" in again.stdout and "seed   6 | step      200" in again.stdout
 
     diagnosis = subprocess.run([sys.executable, "-m", "benchmarks.diagnose", "iql", str(run_dir / "final.msgpack"),
-                                "--episodes", "2", "--hidden-dims", "32", "32"], cwd=REPO, capture_output=True,
+                                "--episodes", "2"], cwd=REPO, capture_output=True,
                                text=True, timeout=300, check=False)
     assert diagnosis.returncode == 0, diagnosis.stderr
     assert "seed 6 (update 200):" in diagnosis.stdout and "  episode 1: return" in diagnosis.stdout

@@ -207,7 +207,7 @@ def test_cli_trains_saves_and_evaluates_with_the_same_statistics(variant, tiny_h
 
     from benchmarks import diagnose
 
-    diagnose.main(diagnose.Args("td3_bc", run_dir / "final.msgpack", episodes=1, hidden_dims=(32, 32)))
+    diagnose.main(diagnose.Args("td3_bc", run_dir / "final.msgpack", episodes=1))  # its flags say (32, 32)
     out = capsys.readouterr().out
     assert "along these episodes its critic expects" in out and "the improvement it believes in" in out
 

@@ -1,5 +1,6 @@
 """The loop and flag checks that all four scripts share (common/), exercised through each script."""
 
+import dataclasses
 import importlib
 import os
 import re
@@ -124,6 +125,22 @@ def test_resuming_with_other_flags_is_refused(changed, message, tiny_hopper, tmp
     (checkpoint,) = tmp_path.glob("runs/*/checkpoint_8.msgpack")
     with pytest.raises(SystemExit, match=message):
         module.main(module.Args(env_id=tiny_hopper, checkpoint=checkpoint, **(flags | changed)))
+
+
+def test_a_checkpoint_whose_flags_are_text_still_resumes(tiny_hopper, tmp_path, monkeypatch, capsys):
+    module = importlib.import_module("iql")
+    monkeypatch.chdir(tmp_path)
+    flags = dict(SMALL_RUN, total_steps=16, eval_every=8, save_every=8)
+    module.main(module.Args(env_id=tiny_hopper, **flags))
+    (checkpoint,) = tmp_path.glob("runs/*/checkpoint_8.msgpack")
+    meta, state = read_checkpoint(checkpoint)
+    assert meta["args"]["hidden_dims"] == [32, 32] and meta["args"]["seed"] == 0  # the flags keep their types
+    as_before = {k: str(v) for k, v in dataclasses.asdict(module.Args(env_id=tiny_hopper, **flags)).items()}
+    save_checkpoint(checkpoint, state, meta | {"args": as_before})  # as checkpoints recorded them before
+    with pytest.raises(SystemExit, match="was trained with --batch-size 16 \\(now 8\\)"):
+        module.main(module.Args(env_id=tiny_hopper, checkpoint=checkpoint, **(flags | dict(batch_size=8))))
+    module.main(module.Args(env_id=tiny_hopper, checkpoint=checkpoint, **flags))
+    assert f"resuming {checkpoint} at update 8" in capsys.readouterr().out
 
 
 # ---- actions in any Box -------------------------------------------------------------------------
