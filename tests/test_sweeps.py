@@ -1,4 +1,4 @@
-"""Sweeps (`--alpha 1 2.5 5`): every swept value x --num-seeds seeds in one vmapped program, each exactly its own run."""
+"""Sweeps (`--alpha 1 2.5 5`): every value x --num-seeds seeds in one vmapped program, each exactly its own run."""
 
 import dataclasses
 import importlib
