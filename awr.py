@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from common.eval_only import evaluate_checkpoint
 from common.evaluation import make_evaluator
-from common.experiment import ExperimentArgs, check_experiment_args, init_states, load_training_data, per_seed
+from common.experiment import (ExperimentArgs, Sweepable, check_experiment_args, compile_chunk, init_states,
+                               load_training_data, per_seed, run_labels)
 from common.guards import GracefulInterrupt, stop_if_nonfinite
 from common.logger import start_run
 from common.networks import GaussianActor, TwinCritic, gaussian_log_prob
@@ -44,7 +45,7 @@ class Args(ExperimentArgs):  # the experiment flags (--env-id, --seed, --total-s
     exp_name: str = "awr"
     """the middle of the run directory's name"""
     # algorithm
-    temperature: float = 1.0
+    temperature: Sweepable = 1.0
     """λ of the weights exp(A / λ): smaller is greedier, larger is closer to behavioural cloning
     (iql.py's --beta is the inverse, β = 1 / λ)"""
     max_weight: float = 100.0
@@ -165,12 +166,11 @@ def make_awr(args: Args, obs_dim: int, action_dim: int) -> AWR:
 
 
 def check_args(args: Args):
-    check_experiment_args(
-        args,
-        (not args.temperature > 0, f"--temperature must be > 0, got {args.temperature}"),
-        (not args.max_weight > 0, f"--max-weight must be > 0, got {args.max_weight}"),
-        (args.baseline_actions <= 0, f"--baseline-actions must be positive, got {args.baseline_actions}"),
-    )
+    check_experiment_args(args, lambda a: [  # a: args with one value of each swept flag
+        (not a.temperature > 0, f"--temperature must be > 0, got {a.temperature}"),
+        (not a.max_weight > 0, f"--max-weight must be > 0, got {a.max_weight}"),
+        (a.baseline_actions <= 0, f"--baseline-actions must be positive, got {a.baseline_actions}"),
+    ])
 
 
 def main(args: Args):
@@ -182,19 +182,21 @@ def main(args: Args):
                    "next_obs": data.next_obs, "terminal": data.terminal}
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
-    awr = make_awr(args, data.obs.shape[1], data.action.shape[1])
-    state = init_states(awr.init, args.seed, args.num_seeds)  # with --num-seeds N: N states, stacked
-    train_chunk = jax.jit(jax.vmap(awr.train_chunk, in_axes=(0, None))) if args.num_seeds > 1 else awr.train_chunk
-    evaluate = make_evaluator(awr.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
+    dims = data.obs.shape[1], data.action.shape[1]
+    awr = make_awr(args, *dims)
+    state = init_states(awr.init, args)  # with several seeds or swept values: their states, stacked
+    train_chunk = compile_chunk(make_awr, args, *dims)  # one program for all: seeds x swept values
+    labels = run_labels(args)  # what each trained state is: its seed, and its values of the swept flags
+    evaluate = make_evaluator(awr.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes)
     run, state, step = start_run(args, "awr", state, data)  # a new run directory, or the resumed checkpoint's
     with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after
         bar = tqdm(total=args.total_steps, initial=step, desc="awr", unit="update", smoothing=0.1)
         while step < args.total_steps and not interrupt.requested:
             start = time.perf_counter()
             state, metrics = train_chunk(state, device_data)
-            metrics = per_seed(jax.device_get(metrics), args.num_seeds)  # host sync point: once per chunk
+            metrics = per_seed(jax.device_get(metrics), len(labels))  # host sync point: once per chunk
             updates_per_sec = args.log_every / (time.perf_counter() - start)
-            stop_if_nonfinite(metrics, step, args.seed,
+            stop_if_nonfinite(metrics, step, labels,
                               lambda: run.save("nonfinite.msgpack", state, step + args.log_every))
             step += args.log_every
             bar.update(args.log_every)

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from common.eval_only import evaluate_checkpoint
 from common.evaluation import make_evaluator
-from common.experiment import ExperimentArgs, check_experiment_args, init_states, load_training_data, per_seed
+from common.experiment import (ExperimentArgs, Sweepable, check_experiment_args, compile_chunk, init_states,
+                               load_training_data, per_seed, run_labels)
 from common.guards import GracefulInterrupt, stop_if_nonfinite
 from common.logger import start_run
 from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian, tanh_gaussian_log_prob
@@ -47,7 +48,7 @@ class Args(ExperimentArgs):  # the experiment flags (--env-id, --seed, --total-s
     # algorithm
     cql_form: Literal["h", "basic"] = "h"
     """h: importance-sampled logsumexp over uniform and policy actions; basic: mean Q over uniform actions"""
-    cql_alpha: float = 5.0
+    cql_alpha: Sweepable = 5.0
     """α_c, the weight of the conservative gap (the authors use 5 or 10 on locomotion; 0: plain offline SAC)"""
     lagrange_threshold: float | None = None
     """τ: learn α_c so that the gap stays near τ (overrides --cql-alpha); unset: α_c fixed"""
@@ -209,14 +210,13 @@ def make_cql(args: Args, obs_dim: int, action_dim: int) -> CQL:
 
 
 def check_args(args: Args):
-    check_experiment_args(
-        args,
-        (not args.cql_alpha >= 0, f"--cql-alpha must be >= 0, got {args.cql_alpha}"),
-        (args.bc_steps < 0, f"--bc-steps must be >= 0, got {args.bc_steps}"),
-        (args.num_sampled_actions <= 0, f"--num-sampled-actions must be positive, got {args.num_sampled_actions}"),
-        (args.lagrange_threshold is not None and not jnp.isfinite(args.lagrange_threshold),
-         f"--lagrange-threshold must be a finite number, got {args.lagrange_threshold}"),
-    )
+    check_experiment_args(args, lambda a: [  # a: args with one value of each swept flag
+        (not a.cql_alpha >= 0, f"--cql-alpha must be >= 0, got {a.cql_alpha}"),
+        (a.bc_steps < 0, f"--bc-steps must be >= 0, got {a.bc_steps}"),
+        (a.num_sampled_actions <= 0, f"--num-sampled-actions must be positive, got {a.num_sampled_actions}"),
+        (a.lagrange_threshold is not None and not jnp.isfinite(a.lagrange_threshold),
+         f"--lagrange-threshold must be a finite number, got {a.lagrange_threshold}"),
+    ])
 
 
 def main(args: Args):
@@ -228,19 +228,21 @@ def main(args: Args):
                    "next_obs": data.next_obs, "terminal": data.terminal}
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
-    cql = make_cql(args, data.obs.shape[1], data.action.shape[1])
-    state = init_states(cql.init, args.seed, args.num_seeds)  # with --num-seeds N: N states, stacked
-    train_chunk = jax.jit(jax.vmap(cql.train_chunk, in_axes=(0, None))) if args.num_seeds > 1 else cql.train_chunk
-    evaluate = make_evaluator(cql.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
+    dims = data.obs.shape[1], data.action.shape[1]
+    cql = make_cql(args, *dims)
+    state = init_states(cql.init, args)  # with several seeds or swept values: their states, stacked
+    train_chunk = compile_chunk(make_cql, args, *dims)  # one program for all: seeds x swept values
+    labels = run_labels(args)  # what each trained state is: its seed, and its values of the swept flags
+    evaluate = make_evaluator(cql.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes)
     run, state, step = start_run(args, "cql", state, data)  # a new run directory, or the resumed checkpoint's
     with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after
         bar = tqdm(total=args.total_steps, initial=step, desc="cql", unit="update", smoothing=0.1)
         while step < args.total_steps and not interrupt.requested:
             start = time.perf_counter()
             state, metrics = train_chunk(state, device_data)
-            metrics = per_seed(jax.device_get(metrics), args.num_seeds)  # host sync point: once per chunk
+            metrics = per_seed(jax.device_get(metrics), len(labels))  # host sync point: once per chunk
             updates_per_sec = args.log_every / (time.perf_counter() - start)
-            stop_if_nonfinite(metrics, step, args.seed,
+            stop_if_nonfinite(metrics, step, labels,
                               lambda: run.save("nonfinite.msgpack", state, step + args.log_every))
             step += args.log_every
             bar.update(args.log_every)

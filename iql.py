@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from common.eval_only import evaluate_checkpoint
 from common.evaluation import make_evaluator
-from common.experiment import ExperimentArgs, check_experiment_args, init_states, load_training_data, per_seed
+from common.experiment import (ExperimentArgs, Sweepable, check_experiment_args, compile_chunk, init_states,
+                               load_training_data, per_seed, run_labels)
 from common.guards import GracefulInterrupt, stop_if_nonfinite
 from common.logger import start_run
 from common.networks import GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
@@ -41,14 +42,14 @@ class Args(ExperimentArgs):  # the experiment flags (--env-id, --seed, --total-s
     exp_name: str = "iql"
     """the middle of the run directory's name"""
     # algorithm
-    expectile: float = 0.7
+    expectile: Sweepable = 0.7
     """τ of the value's expectile regression, in [0.5, 1): 0.5 is the mean over data actions, → 1 their max"""
-    beta: float = 3.0
+    beta: Sweepable = 3.0
     """β, the inverse temperature of the AWR weights exp(β·A); 0 gives plain behaviour cloning"""
     max_weight: float = 100.0
     """clip of the AWR weights"""
     actor_loss: Literal["awr", "ddpg_bc"] = "awr"
-    bc_alpha: float = 2.5
+    bc_alpha: Sweepable = 2.5
     """α of the ddpg_bc actor loss"""
     discount: float = 0.99
     polyak: float = 0.005
@@ -177,13 +178,12 @@ def make_iql(args: Args, obs_dim: int, action_dim: int) -> IQL:
 
 
 def check_args(args: Args):
-    check_experiment_args(
-        args,
-        (not 0.5 <= args.expectile < 1, f"--expectile must be in [0.5, 1), got {args.expectile}"),
-        (not args.beta >= 0, f"--beta must be >= 0, got {args.beta}"),
-        (not args.max_weight > 0, f"--max-weight must be > 0, got {args.max_weight}"),
-        (not args.bc_alpha >= 0, f"--bc-alpha must be >= 0, got {args.bc_alpha}"),
-    )
+    check_experiment_args(args, lambda a: [  # a: args with one value of each swept flag
+        (not 0.5 <= a.expectile < 1, f"--expectile must be in [0.5, 1), got {a.expectile}"),
+        (not a.beta >= 0, f"--beta must be >= 0, got {a.beta}"),
+        (not a.max_weight > 0, f"--max-weight must be > 0, got {a.max_weight}"),
+        (not a.bc_alpha >= 0, f"--bc-alpha must be >= 0, got {a.bc_alpha}"),
+    ])
 
 
 def main(args: Args):
@@ -197,19 +197,21 @@ def main(args: Args):
                    "next_obs": data.next_obs, "terminal": data.terminal}
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
-    iql = make_iql(args, data.obs.shape[1], data.action.shape[1])
-    state = init_states(iql.init, args.seed, args.num_seeds)  # with --num-seeds N: N states, stacked
-    train_chunk = jax.jit(jax.vmap(iql.train_chunk, in_axes=(0, None))) if args.num_seeds > 1 else iql.train_chunk
-    evaluate = make_evaluator(iql.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
+    dims = data.obs.shape[1], data.action.shape[1]
+    iql = make_iql(args, *dims)
+    state = init_states(iql.init, args)  # with several seeds or swept values: their states, stacked
+    train_chunk = compile_chunk(make_iql, args, *dims)  # one program for all: seeds x swept values
+    labels = run_labels(args)  # what each trained state is: its seed, and its values of the swept flags
+    evaluate = make_evaluator(iql.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes)
     run, state, step = start_run(args, "iql", state, data)  # a new run directory, or the resumed checkpoint's
     with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after
         bar = tqdm(total=args.total_steps, initial=step, desc="iql", unit="update", smoothing=0.1)
         while step < args.total_steps and not interrupt.requested:
             start = time.perf_counter()
             state, metrics = train_chunk(state, device_data)
-            metrics = per_seed(jax.device_get(metrics), args.num_seeds)  # host sync point: once per chunk
+            metrics = per_seed(jax.device_get(metrics), len(labels))  # host sync point: once per chunk
             updates_per_sec = args.log_every / (time.perf_counter() - start)
-            stop_if_nonfinite(metrics, step, args.seed,
+            stop_if_nonfinite(metrics, step, labels,
                               lambda: run.save("nonfinite.msgpack", state, step + args.log_every))
             step += args.log_every
             bar.update(args.log_every)

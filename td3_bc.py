@@ -46,7 +46,8 @@ from tqdm import tqdm
 
 from common.eval_only import evaluate_checkpoint
 from common.evaluation import make_evaluator
-from common.experiment import ExperimentArgs, check_experiment_args, init_states, load_training_data, per_seed
+from common.experiment import (ExperimentArgs, Sweepable, check_experiment_args, compile_chunk, init_states,
+                               load_training_data, per_seed, run_labels)
 from common.guards import GracefulInterrupt, stop_if_nonfinite
 from common.logger import start_run
 from common.networks import (Critic, DeterministicActor, TanhGaussianActor, TwinCritic, sample_tanh_gaussian,
@@ -61,7 +62,7 @@ class Args(ExperimentArgs):  # the experiment flags (--env-id, --seed, --total-s
     variant: Literal["td3_bc", "sac_bc"] = "td3_bc"
     """td3_bc: deterministic actor, target smoothing (DDPG+BC: --policy-noise 0 --policy-delay 1);
     sac_bc: tanh-Gaussian actor with a learned entropy temperature"""
-    alpha: float = 2.5
+    alpha: Sweepable = 2.5
     """α: weight of Q against behavioural cloning in the actor loss (0 gives plain behavioural cloning)"""
     bc_weight: float = 1.0
     """weight of the behavioural-cloning term; 0 gives plain offline TD3"""
@@ -233,15 +234,14 @@ ACTOR_METRICS = ("losses/actor", "losses/bc", "values/lambda", "values/entropy")
 
 
 def check_args(args: Args):
-    check_experiment_args(
-        args,
-        (not args.alpha >= 0, f"--alpha must be >= 0, got {args.alpha}"),
-        (not args.bc_weight >= 0, f"--bc-weight must be >= 0, got {args.bc_weight}"),
-        (not (args.policy_noise >= 0 and args.noise_clip >= 0), "--policy-noise and --noise-clip must be >= 0"),
-        (policy_delay(args) <= 0, f"--policy-delay must be positive, got {args.policy_delay}"),
-        (policy_delay(args) > 0 and args.log_every % policy_delay(args),
-         f"--log-every must be a multiple of --policy-delay ({policy_delay(args)})"),
-    )
+    check_experiment_args(args, lambda a: [  # a: args with one value of each swept flag
+        (not a.alpha >= 0, f"--alpha must be >= 0, got {a.alpha}"),
+        (not a.bc_weight >= 0, f"--bc-weight must be >= 0, got {a.bc_weight}"),
+        (not (a.policy_noise >= 0 and a.noise_clip >= 0), "--policy-noise and --noise-clip must be >= 0"),
+        (policy_delay(a) <= 0, f"--policy-delay must be positive, got {a.policy_delay}"),
+        (policy_delay(a) > 0 and a.log_every % policy_delay(a),
+         f"--log-every must be a multiple of --policy-delay ({policy_delay(a)})"),
+    ])
 
 
 def main(args: Args):
@@ -254,11 +254,12 @@ def main(args: Args):
                    "next_obs": (data.next_obs - obs_mean) / obs_std, "terminal": data.terminal}
     device_data = jax.device_put(device_data)  # the whole dataset lives on the device; batches never leave it
 
-    td3_bc = make_td3_bc(args, data.obs.shape[1], data.action.shape[1])
-    state = init_states(lambda key: td3_bc.init(key)._replace(obs_mean=obs_mean, obs_std=obs_std),
-                        args.seed, args.num_seeds)
-    train_chunk = td3_bc.train_chunk if args.num_seeds == 1 else jax.jit(jax.vmap(td3_bc.train_chunk, in_axes=(0, None)))
-    evaluate = make_evaluator(td3_bc.policy, data.env_spec, data.ref_scores, args.num_seeds, args.eval_episodes)
+    dims = data.obs.shape[1], data.action.shape[1]
+    td3_bc = make_td3_bc(args, *dims)
+    state = init_states(lambda key: td3_bc.init(key)._replace(obs_mean=obs_mean, obs_std=obs_std), args)
+    train_chunk = compile_chunk(make_td3_bc, args, *dims)  # one program for all: seeds x swept values
+    labels = run_labels(args)  # what each trained state is: its seed, and its values of the swept flags
+    evaluate = make_evaluator(td3_bc.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes)
     run, state, step = start_run(args, "td3_bc", state, data)  # a new run directory, or the resumed checkpoint's
     actor_rows = slice(policy_delay(args) - 1, None, policy_delay(args))  # the updates that moved the actor
     with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after
@@ -266,9 +267,9 @@ def main(args: Args):
         while step < args.total_steps and not interrupt.requested:
             start = time.perf_counter()
             state, metrics = train_chunk(state, device_data)
-            metrics = per_seed(jax.device_get(metrics), args.num_seeds)  # host sync point: once per chunk
+            metrics = per_seed(jax.device_get(metrics), len(labels))  # host sync point: once per chunk
             updates_per_sec = args.log_every / (time.perf_counter() - start)
-            stop_if_nonfinite(metrics, step, args.seed,
+            stop_if_nonfinite(metrics, step, labels,
                               lambda: run.save("nonfinite.msgpack", state, step + args.log_every))
             step += args.log_every
             bar.update(args.log_every)

@@ -114,8 +114,7 @@ def main(args: Args):
     data = load_dataset(trained.env_id)
     agent = make_agent(trained, data.obs.shape[1], data.action.shape[1])
     try:
-        states, _ = load_checkpoint(args.checkpoint, init_states(agent.init, trained.seed, trained.num_seeds),
-                                    args.algo)
+        states, _ = load_checkpoint(args.checkpoint, init_states(agent.init, trained), args.algo)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     low, high = np.percentile(data.obs, [0.1, 99.9], axis=0)

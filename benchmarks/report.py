@@ -9,6 +9,9 @@ score curves (mean over seeds, shaded ± one std); another shows each method's m
 scale, which is where plain offline TD3's divergence shows (mean over seeds, shaded from the lowest seed to
 the highest). A hand-written `results/{env_id}/NOTES.md`
 (what the numbers mean, with evidence) is copied under its dataset's table.
+
+Sweep cells (`benchmarks.run --sweep alpha 0.5 1 2.5`) get a sensitivity figure per method and swept flag: the
+final normalized score against the value, mean ± std over seeds, a line per dataset, the script's default marked.
 """
 
 import csv
@@ -41,15 +44,78 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
     return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]} if rows else {}
 
 
-def load_cells(results: Path) -> dict[tuple[str, str], list[dict]]:
-    """(env_id, name) -> one record per seed, each with its evaluations under "curve"."""
-    cells = defaultdict(list)
+def load_records(results: Path) -> list[dict]:
+    """Every run's record, with its evaluations under "curve"."""
+    records = []
     for record_path in sorted(results.glob("*/*.json")):
         record = json.loads(record_path.read_text())
         curve_path = record_path.with_suffix(".csv")
-        record["curve"] = read_csv(curve_path) if curve_path.is_file() else {}
-        cells[record["env_id"], record["name"]].append(record)
+        records.append(record | {"curve": read_csv(curve_path) if curve_path.is_file() else {}})
+    return records
+
+
+def load_cells(results: Path) -> dict[tuple[str, str], list[dict]]:
+    """(env_id, name) -> one record per seed, each with its evaluations under "curve" (sweep cells apart)."""
+    cells = defaultdict(list)
+    for record in load_records(results):
+        if "sweep" not in record:
+            cells[record["env_id"], record["name"]].append(record)
     return cells
+
+
+def load_sweeps(results: Path) -> dict[tuple[str, str], dict[str, dict[float, list[dict]]]]:
+    """(name, swept flag) -> env_id -> value -> one record per seed, from the sweep cells."""
+    sweeps = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for record in load_records(results):
+        if "sweep" in record:
+            sweeps[record["name"], record["sweep"]["flag"]][record["env_id"]][record["sweep"]["value"]].append(record)
+    return sweeps
+
+
+def sensitivity(by_value: dict[float, list[dict]]) -> list[tuple[float, tuple[float, float | None], int]]:
+    """(value, final score (mean, std over seeds), seeds) for each value with evaluations, in increasing value."""
+    rows = [(value, summarize(records), len(records)) for value, records in sorted(by_value.items())]
+    return [(value, row["final"], seeds) for value, row, seeds in rows if "final" in row]
+
+
+def plot_sensitivity(name: str, flag: str, by_env: dict, path: Path):
+    """Final normalized score against the swept value, a line per dataset (± std over seeds), the default marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for env_id, by_value in sorted(by_env.items()):
+        points = sensitivity(by_value)
+        seeds = sorted({n for _, _, n in points})
+        ax.errorbar([v for v, _, _ in points], [f[0] for _, f, _ in points], yerr=[f[1] or 0.0 for _, f, _ in points],
+                    marker="o", capsize=3, label=f"{env_id} ({'/'.join(map(str, seeds))} seeds)")
+    values = sorted({v for by_value in by_env.values() for v in by_value})
+    defaults = {r["sweep"].get("default") for by_value in by_env.values() for rs in by_value.values() for r in rs}
+    for default in sorted(d for d in defaults if d is not None):
+        ax.axvline(default, color="gray", linestyle="--", zorder=0, label=f"default {flag} = {default:g}")
+    if values[0] > 0 and values[-1] / values[0] >= 10:  # a sweep over orders of magnitude
+        ax.set_xscale("log")
+    ax.set(xlabel=f"--{flag.replace('_', '-')}", ylabel="final normalized score (mean ± std over seeds)",
+           title=f"{name}: sensitivity to --{flag.replace('_', '-')}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sensitivity_section(sweeps: dict, figures: str = "", with_commands: bool = True) -> list[str]:
+    """The sweeps' section: per method and flag, its figure (in the folder `figures`) and its final scores by value."""
+    lines = []
+    for (name, flag), by_env in sorted(sweeps.items()):
+        lines += [f"### {name}: --{flag.replace('_', '-')}", "",
+                  f"![sensitivity]({figures}sensitivity_{name}_{flag}.png)", "",
+                  f"| dataset | --{flag.replace('_', '-')} | seeds | final |", "|---|---|---|---|"]
+        for env_id, by_value in sorted(by_env.items()):
+            default = next(iter(next(iter(by_value.values()))))["sweep"].get("default")
+            lines += [f"| {env_id} | {value:g}{' (default)' if value == default else ''} | {seeds} | {fmt(final)} |"
+                      for value, final, seeds in sensitivity(by_value)]
+        lines += [""]
+        if with_commands:
+            lines += ["Commands:", "", "```", *commands(rs for by_value in by_env.values() for rs in by_value.values()),
+                      "```", ""]
+    return lines
 
 
 def seed_curves(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -187,8 +253,8 @@ def update_readme(readme: Path, block: list[str]):
 
 
 def main(args: Args):
-    cells = load_cells(args.results)
-    if not cells:
+    cells, sweeps = load_cells(args.results), load_sweeps(args.results)
+    if not cells and not sweeps:
         raise SystemExit(f"error: no runs recorded under {args.results}; run `python -m benchmarks.run` first")
     lines = ["# Results", "",
              "Normalized score (0 = random, 100 = expert) of the deterministic policy over 10 evaluation episodes,",
@@ -227,8 +293,15 @@ def main(args: Args):
             lines += [notes.read_text().strip(), ""]
         readme += [f"**{env_id}**. {data_line}", "", *score_table(rows), "",
                    figures.replace("(results_", f"({args.out.parent.name}/results_"), ""]
-    machines = sorted({r["machine"] for rs in cells.values() for r in rs})
-    dates = sorted({r["date"] for rs in cells.values() for r in rs})
+    for (name, flag), by_env in sweeps.items():
+        plot_sensitivity(name, flag, by_env, args.out.parent / f"sensitivity_{name}_{flag}.png")
+    if sweeps:
+        lines += ["## Sensitivity to the regularisation strength", "", *sensitivity_section(sweeps)]
+        readme += sensitivity_section(sweeps, f"{args.out.parent.name}/", with_commands=False)
+    everything = [r for rs in cells.values() for r in rs] + [r for by_env in sweeps.values() for by_value in
+                                                             by_env.values() for rs in by_value.values() for r in rs]
+    machines = sorted({r["machine"] for r in everything})
+    dates = sorted({r["date"] for r in everything})
     lines += [f"Machine: {'; '.join(machines)}. Runs made {dates[0]} to {dates[-1]}.", ""]
     args.out.write_text("\n".join(lines))
     link = f"{args.out.parent.name}/{args.out.name}"

@@ -3,6 +3,7 @@
     python -m benchmarks.run --algos iql td3_bc awr cql --env-ids hopper-medium --seeds 0 1 2 \\
         --total-steps 300000 --cql-total-steps 100000
     python -m benchmarks.run --algos td3_bc --name plain_td3 --script-args="--bc-weight 0" --seeds 0
+    python -m benchmarks.run --algos td3_bc --sweep alpha 0.5 1 2.5 5 10 --seeds 0 1 2   # a sweep cell
     python -m benchmarks.report     # benchmarks/results.md and the learning curves
 
 Each run is the algorithm's own script, started as a subprocess with the same flags a user would type.
@@ -10,7 +11,10 @@ On a GPU, the consecutive seeds of one algorithm and dataset share one process (
 program, which gives each seed what its own run would); --vmap-seeds / --no-vmap-seeds choose.
 A finished run leaves `results/{env_id}/{name}__seed{seed}.csv` (every evaluation, with the losses and
 values of the chunk before it) and a `.json` beside it (the seed's own command, the command launched, wall
-time, machine, outcome). Rerunning the command skips every finished cell. A cell that was stopped (Ctrl-C,
+time, machine, outcome). A sweep cell (`--sweep alpha 0.5 1 2.5`) records each value and seed as a run of its
+own, `{name}__alpha2p5__seed{seed}` for 2.5, its record holding the value and the script's default; all its
+values train in one program (the scripts' sweeps), with its seeds too where seeds are vmapped.
+Rerunning the command skips every finished cell. A cell that was stopped (Ctrl-C,
 `kill`, even a power cut) goes on from its latest checkpoint, saved every --eval-every updates,
 and takes the updates it would have taken unstopped. A run that stops on a NaN is recorded as failed, not retried. `--jobs N` runs N programs at once, each
 writing its output to runs/benchmark_logs/: on a GPU they share it (a program's small updates leave it mostly
@@ -57,6 +61,9 @@ class Args:
     """label of the cells in the results (default: the algorithm); needed with --script-args"""
     script_args: str = ""
     """extra flags for every script, in one string, e.g. --script-args="--bc-weight 0 --policy-delay 1" """
+    sweep: tuple[str, ...] = ()
+    """a sweep cell: one of the scripts' sweepable flags, then its values (--sweep alpha 0.5 1 2.5 5 10); every value
+    trains with every seed, all values in one program"""
     results: Path = RESULTS
     vmap_seeds: bool | None = None
     """train a cell's consecutive seeds as one vmapped program (the scripts' --num-seeds); unset: only on an
@@ -102,15 +109,32 @@ def cell_settings(args: Args, algo: str, env_id: str, seed: int) -> dict:
             "eval_every": args.eval_every, "command": "python " + " ".join(command)}
 
 
-def split_by_seed(evaluations: Path | None) -> dict[int, list[str]]:
-    """Header plus rows of each seed, from a run's evaluations.csv (one row per seed per evaluation)."""
+def with_value(settings: dict, flag: str, value: str) -> dict:
+    """A sweep cell's run for one value: the seed's own command with `--flag value` last, and the value recorded."""
+    name = flag.replace("-", "_")  # the scripts' field, and its column in evaluations.csv
+    return settings | {"command": f"{settings['command']} --{name.replace('_', '-')} {value}",
+                       "sweep": {"flag": name, "value": float(value)}}
+
+
+def run_key(settings: dict) -> tuple:
+    """(swept value or None, seed): which rows of a program's evaluations.csv are this run's."""
+    value = settings.get("sweep", {}).get("value")
+    return None if value is None else float(f"{value:.6g}"), settings["seed"]  # as evaluations.csv writes it
+
+
+def split_by_run(evaluations: Path | None, flag: str | None = None) -> dict[tuple, list[str]]:
+    """Header plus rows of each (swept value, seed), from a run's evaluations.csv (one row per seed and value per
+    evaluation; the value is None without a sweep)."""
     if not evaluations or not evaluations.is_file():
         return {}
     header, *rows = evaluations.read_text().splitlines()
-    by_seed = defaultdict(list)
+    columns = header.split(",")
+    by_run = defaultdict(list)
     for row in rows:
-        by_seed[int(float(row.split(",")[1]))].append(row)
-    return {seed: [header, *seed_rows] for seed, seed_rows in by_seed.items()}
+        cells = row.split(",")
+        value = float(cells[columns.index(flag)]) if flag else None
+        by_run[value, int(float(cells[columns.index("seed")]))].append(row)
+    return {key: [header, *run_rows] for key, run_rows in by_run.items()}
 
 
 RUNNING: set[subprocess.Popen] = set()  # the scripts running now, to stop them all at once under --jobs
@@ -187,7 +211,12 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
     An earlier attempt at the same program that was stopped is resumed from its latest checkpoint."""
     first = cells[0][0]
     script, *flags = first["command"].split()[1:]
-    flags = [*flags, "--num-seeds", str(len(cells))] if len(cells) > 1 else flags
+    seeds = list(dict.fromkeys(settings["seed"] for settings, _ in cells))
+    flag = first.get("sweep", {}).get("flag")
+    if flag:  # each run's own command ends with its value: the program takes all of them
+        values = [settings["command"].split()[-1] for settings, _ in cells if settings["seed"] == seeds[0]]
+        flags = [*flags[:-1], *values]
+    flags = [*flags, "--num-seeds", str(len(seeds))] if len(seeds) > 1 else flags
     keep_checkpoints = "--save-every" in flags
     flags = flags if keep_checkpoints else [*flags, "--save-every", str(first["eval_every"])]
     launched = " ".join(["python", script, *flags])
@@ -211,8 +240,8 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
         code = launch(command, work_dir, log)
         wall = attempt["wall_s"] + time.time() - start
         run_dir = newest_run_dir(work_dir, attempt["exp_name"])
-        by_seed = split_by_seed(run_dir / "evaluations.csv" if run_dir else None)
-        steps_done = min((int(float(by_seed[c["seed"]][-1].split(",")[0])) if len(by_seed.get(c["seed"], [])) > 1
+        by_run = split_by_run(run_dir / "evaluations.csv" if run_dir else None, flag)
+        steps_done = min((int(float(by_run[run_key(c)][-1].split(",")[0])) if len(by_run.get(run_key(c), [])) > 1
                           else 0) for c, _ in cells)
         if code == 0 and steps_done < first["total_steps"]:
             raise KeyboardInterrupt  # the script alone was stopped (it saved and exited cleanly): not done
@@ -221,10 +250,11 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
         raise
     outcome = "finished" if code == 0 else f"failed (exit code {code}) at update {steps_done}"
     dataset = run_dir / "dataset.json" if run_dir else None
+    default = sweep_default(first["algo"], flag) if flag else None
     for settings, out in cells:
-        if settings["seed"] in by_seed:
-            out.with_suffix(".csv").write_text("\n".join(by_seed[settings["seed"]]) + "\n")
-        record = settings | {
+        if run_key(settings) in by_run:
+            out.with_suffix(".csv").write_text("\n".join(by_run[run_key(settings)]) + "\n")
+        record = settings | ({"sweep": settings["sweep"] | {"default": default}} if flag else {}) | {
             "outcome": outcome, "wall_s": round(wall, 1), "seeds_in_program": len(cells), "launched": launched,
             "machine": machine, "date": time.strftime("%Y-%m-%d"),
             "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
@@ -236,6 +266,13 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
     return outcome
 
 
+def sweep_default(algo: str, flag: str) -> float:
+    """The script's default value of a swept flag, for the record (report.py marks it in the sensitivity figure)."""
+    from benchmarks.algorithms import load_algorithm  # imports the script, and so JAX: only where it trains
+
+    return getattr(load_algorithm(algo)[0].Args(), flag)
+
+
 def write_atomically(path: Path, text: str):
     """A stop in the middle (a SLURM job exits right after its checkpoint) never leaves half a record."""
     tmp = path.with_name(path.name + ".tmp")
@@ -244,15 +281,30 @@ def write_atomically(path: Path, text: str):
 
 
 def programs(todo: list[tuple[dict, Path]], vmap_seeds: bool) -> list[list[tuple[dict, Path]]]:
-    """Group the cells to run into processes: consecutive seeds of one algorithm and dataset share one."""
-    groups = []
+    """Group the cells to run into processes: a sweep's values for one seed share one, and with vmap_seeds so do
+    consecutive seeds of one algorithm and dataset (for a sweep: with the same values to go)."""
+    def same_cell(a, b):
+        return (a["name"], a["env_id"]) == (b["name"], b["env_id"])
+
+    per_seed = []  # a sweep's values of one seed; else one run each
     for cell in todo:
-        last = groups[-1][-1][0] if groups else None
-        if (vmap_seeds and last and (last["name"], last["env_id"]) == (cell[0]["name"], cell[0]["env_id"])
-                and cell[0]["seed"] == last["seed"] + 1):
-            groups[-1].append(cell)
+        last = per_seed[-1][-1][0] if per_seed else None
+        if last and "sweep" in cell[0] and same_cell(last, cell[0]) and cell[0]["seed"] == last["seed"]:
+            per_seed[-1].append(cell)
         else:
-            groups.append([cell])
+            per_seed.append([cell])
+    def values(cells):  # of the first seed: every seed of a program trains the same values
+        first_seed = cells[0][0]["seed"]
+        return [settings.get("sweep", {}).get("value") for settings, _ in cells if settings["seed"] == first_seed]
+
+    groups = []
+    for cells in per_seed:
+        last = groups[-1] if groups else None
+        if (vmap_seeds and last and same_cell(last[-1][0], cells[0][0])
+                and cells[0][0]["seed"] == last[-1][0]["seed"] + 1 and values(last) == values(cells)):
+            groups[-1] += cells
+        else:
+            groups.append(cells)
     return groups
 
 
@@ -267,8 +319,13 @@ def main(args: Args):
 
         if args.launcher == "slurm":
             slurm.check_args(args)
+    if args.sweep and (len(args.sweep) < 2 or len(set(args.sweep[1:])) < len(args.sweep) - 1):
+        raise SystemExit(f"error: --sweep takes a flag and its different values (--sweep alpha 1 2.5 5), "
+                         f"got {' '.join(args.sweep) or 'nothing'}")
     cells = [cell_settings(args, algo, env_id, seed)
              for env_id in args.env_ids for algo in args.algos for seed in args.seeds]
+    if args.sweep:
+        cells = [with_value(settings, args.sweep[0], value) for settings in cells for value in args.sweep[1:]]
     if args.status:
         return slurm.print_status(args, cells)
     todo = unfinished(args, cells)
@@ -285,8 +342,9 @@ def main(args: Args):
     if args.jobs > 1:
         return run_at_once(groups, args.jobs, this_machine, args.work_dir)
     for i, group in enumerate(groups, 1):
-        seeds = [settings["seed"] for settings, _ in group]
-        vmapped = f" (seeds {seeds}, vmapped)" if len(seeds) > 1 else ""
+        seeds = list(dict.fromkeys(settings["seed"] for settings, _ in group))
+        values = [s["sweep"]["value"] for s, _ in group if s["seed"] == seeds[0] and "sweep" in s]
+        vmapped = f" (seeds {seeds}" + (f", values {values}" if values else "") + ", vmapped)" if len(group) > 1 else ""
         print(f"[{i}/{len(groups)}] {group[0][0]['command']}{vmapped}", flush=True)
         for _, out in group:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +357,9 @@ def main(args: Args):
 
 def record_path(args: Args, settings: dict) -> Path:
     """Where a cell's seed keeps its evaluations (.csv) and its record (.json), without the suffix."""
-    return args.results / settings["env_id"] / f"{settings['name']}__seed{settings['seed']}"
+    value = settings["command"].split()[-1].replace(".", "p")  # a sweep's value as typed, 2.5 as 2p5: no dot in a stem
+    value = f"__{settings['sweep']['flag']}{value}" if "sweep" in settings else ""
+    return args.results / settings["env_id"] / f"{settings['name']}{value}__seed{settings['seed']}"
 
 
 def unfinished(args: Args, cells: list[dict]) -> list[tuple[dict, Path]]:

@@ -6,7 +6,7 @@ import numpy as np
 from common.checkpoints import load_checkpoint, read_checkpoint
 from common.datasets import DatasetError, resolve_name
 from common.evaluation import make_evaluator
-from common.experiment import init_states, load_training_data
+from common.experiment import init_states, load_training_data, run_labels
 from common.logger import eval_lines
 
 
@@ -46,13 +46,14 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
                          f"{meta['action_high']}], but {env_spec.id} has the action space {space}")
     agent = make_agent(args, obs_dim, space.shape[0])
     try:
-        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, args.seed, args.num_seeds), algorithm)
+        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, args), algorithm)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     print(f"evaluating {args.checkpoint} (update {meta['step']}, trained on {meta.get('dataset_id')}) in {env_spec.id}")
-    returns, scores = make_evaluator(agent.policy, env_spec, ref_scores, args.num_seeds, args.eval_episodes,
+    labels = run_labels(args)  # its seeds and swept values: the same flags as the run that trained it
+    returns, scores = make_evaluator(agent.policy, env_spec, ref_scores, len(labels), args.eval_episodes,
                                      rescale)(state)
-    print("\n".join(eval_lines(list(range(args.seed, args.seed + args.num_seeds)), meta["step"], returns, scores)))
+    print("\n".join(eval_lines(labels, meta["step"], returns, scores)))
     return state
 
 

@@ -51,7 +51,8 @@ def make_evaluator(policy, env_spec, ref_scores: tuple, num_seeds: int, num_epis
                    rescale_actions: bool = True):
     """evaluate(state) -> (returns of shape (seeds, episodes), each seed's normalized score): all episodes step
     together, in `env_spec`'s environment with `policy(state, obs)`'s [-1, 1] mapped onto its action bounds.
-    With num_seeds > 1, `state` holds that many stacked states and the policy is vmapped over them."""
+    With num_seeds > 1, `state` holds that many stacked states (seeds, and any swept values: `run_labels`) and the
+    policy is vmapped over them."""
     batched_policy = jax.jit(jax.vmap(policy)) if num_seeds > 1 else policy
 
     def evaluate(state):

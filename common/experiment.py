@@ -1,18 +1,26 @@
-"""The experiment flags every script shares, their checks, the dataset they name and the states of their seeds.
+"""The experiment flags every script shares, their checks, the dataset they name, and the stacked states of
+their seeds and swept values, with the one program that trains them all.
 
 Nothing here touches the maths: each script's `main` runs its own loop with these and the other helpers.
 """
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
+import tyro
 
 from common.datasets import DatasetError, load_dataset
 
 DEFAULT_ENV_ID = "hopper-medium"  # the dataset of a run started without --env-id
+
+# A flag that enters only the losses: one value, or several (`--alpha 1 2.5 5`), which are then all trained in one
+# program, each with --num-seeds seeds (a sweep). Several such flags each given several values sweep their grid.
+Sweepable = Annotated[float | tuple[float, ...], tyro.conf.arg(metavar="FLOAT [FLOAT ...]")]
 
 
 @dataclass
@@ -25,7 +33,9 @@ class ExperimentArgs:
     """the middle of the run directory's name"""
     seed: int = 0
     num_seeds: int = 1
-    """train seeds seed, seed + 1, ..., seed + N − 1 at once, as one vmapped program"""
+    """train seeds seed, seed + 1, ..., seed + N − 1 at once, as one vmapped program; a flag shown as
+    FLOAT [FLOAT ...] takes several values, a sweep: every value (of several such flags: every combination) trains
+    these N seeds, all in the same program, each logged and evaluated on its own"""
     total_steps: int = 1_000_000
     """gradient updates"""
     log_every: int = 1_000
@@ -42,14 +52,18 @@ class ExperimentArgs:
     """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
 
 
-def check_experiment_args(args, *algorithm_problems: tuple[bool, str]):
+def check_experiment_args(args, algorithm_problems=lambda args: ()):
     """Stop with one clear line on the first bad flag: the shared experiment flags, then the algorithm's.
 
-    Without --eval-only, an unset --env-id becomes DEFAULT_ENV_ID (with it, the checkpoint's own is used).
-    The comparisons are written so that a NaN fails them too.
+    `algorithm_problems(args)` -> (failed, message) pairs, checked for every combination of swept values.
+    Without --eval-only, an unset --env-id becomes DEFAULT_ENV_ID (with it, the checkpoint's own is used); a swept
+    flag given one value in a tuple becomes that value. The comparisons are written so that a NaN fails them too.
     """
     if args.env_id is None and not args.eval_only:
         args.env_id = DEFAULT_ENV_ID
+    for name, values in sweep(args).items():
+        if len(values) == 1:
+            setattr(args, name, values[0])
     steps_ok = args.log_every > 0 and args.total_steps > 0
     widths = " ".join(map(str, args.hidden_dims)) or "none"
     learning_rates = [(f"--{f.name.replace('_', '-')}", getattr(args, f.name)) for f in dataclasses.fields(args)
@@ -71,7 +85,10 @@ def check_experiment_args(args, *algorithm_problems: tuple[bool, str]):
         (not 0 <= args.discount <= 1, f"--discount must be in [0, 1], got {args.discount}"),
         (not 0 < args.polyak <= 1, f"--polyak must be in (0, 1], got {args.polyak}"),
         *((not rate > 0, f"{flag} must be > 0, got {rate}") for flag, rate in learning_rates),
-        *algorithm_problems,
+        *((len(set(values)) < len(values) or not values, f"--{name.replace('_', '-')} takes one value, or several "
+           f"different ones to sweep them, got {' '.join(map(str, values)) or 'none'}")
+          for name, values in sweep(args).items()),
+        *(problem for one in single_valued(args) for problem in algorithm_problems(one)),
     ]
     for failed, message in problems:
         if failed:
@@ -86,15 +103,58 @@ def load_training_data(env_id: str):
         raise SystemExit(f"error: {e}")
 
 
-def init_states(init, seed: int, num_seeds: int):
-    """`init(PRNGKey(seed))`; with --num-seeds N, the states of seeds seed, ..., seed + N − 1 stacked on a new axis."""
-    if num_seeds == 1:
-        return init(jax.random.PRNGKey(seed))
-    return jax.vmap(init)(jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(num_seeds)))
+def sweep(args) -> dict[str, tuple[float, ...]]:
+    """The swept flags, each with its values: the Sweepable fields given as a tuple ({} when each has one value)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args)
+            if f.type is Sweepable and isinstance(getattr(args, f.name), tuple)}
 
 
-def per_seed(metrics: dict, num_seeds: int) -> list[dict]:
-    """A chunk's metrics, one dict per seed: with --num-seeds N > 1 their arrays carry the seeds on axis 0."""
-    if num_seeds == 1:
+def single_valued(args) -> list:
+    """One copy of args per combination of swept values, each flag holding its one value ([args] without a sweep)."""
+    grid = sweep(args)
+    return [dataclasses.replace(args, **dict(zip(grid, values))) for values in itertools.product(*grid.values())]
+
+
+def run_labels(args) -> list[dict]:
+    """What each trained state is, in the order they are stacked: its swept values (none without a sweep), then
+    its seed. The combinations come in the order of the flags' values, each with seeds seed, ..., seed + N − 1."""
+    seeds = range(args.seed, args.seed + args.num_seeds)
+    return [{k: getattr(one, k) for k in sweep(args)} | {"seed": seed} for one in single_valued(args) for seed in seeds]
+
+
+def describe(label: dict) -> str:
+    """'seed 3', or for a sweep 'alpha 2.5, seed 3'."""
+    return ", ".join(f"{k.replace('_', '-')} {v:g}" if k != "seed" else f"seed {v}" for k, v in label.items())
+
+
+def init_states(init, args):
+    """`init(PRNGKey(seed))`; with several seeds or swept values, every state of `run_labels` stacked on a new axis
+    (the same seed gives the same initial state whatever its swept values)."""
+    labels = run_labels(args)
+    if len(labels) == 1:
+        return init(jax.random.PRNGKey(args.seed))
+    return jax.vmap(init)(jax.vmap(jax.random.PRNGKey)(jnp.array([label["seed"] for label in labels])))
+
+
+def compile_chunk(make_agent, args, obs_dim: int, action_dim: int):
+    """`train_chunk(states, data)` for the states of `init_states`: the agent's own for one state, else one vmapped
+    program over all of them. In a sweep each state's agent is built from args holding that state's values of the
+    swept flags: there they are traced numbers, inputs of the program, so the losses read them as they read a float.
+    A run without a sweep compiles exactly what it did before sweeps existed."""
+    labels, grid = run_labels(args), sweep(args)
+    if not grid:
+        chunk = make_agent(args, obs_dim, action_dim).train_chunk
+        return chunk if len(labels) == 1 else jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+    values = {name: jnp.array([label[name] for label in labels], jnp.float32) for name in grid}  # one per state
+
+    def chunk(state, data, values):
+        return make_agent(dataclasses.replace(args, **values), obs_dim, action_dim).train_chunk(state, data)
+    batched = jax.jit(jax.vmap(chunk, in_axes=(0, None, 0)))
+    return lambda states, data: batched(states, data, values)
+
+
+def per_seed(metrics: dict, num_states: int) -> list[dict]:
+    """A chunk's metrics, one dict per trained state: with several their arrays carry the states on axis 0."""
+    if num_states == 1:
         return [metrics]
-    return [{k: v[i] for k, v in metrics.items()} for i in range(num_seeds)]
+    return [{k: v[i] for k, v in metrics.items()} for i in range(num_states)]

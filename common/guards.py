@@ -4,6 +4,8 @@ import signal
 
 import numpy as np
 
+from common.experiment import describe
+
 
 def first_nonfinite(metrics: dict):
     """(index, names) of the first update whose metrics hold a NaN/inf, from per-update arrays; else None."""
@@ -15,19 +17,19 @@ def first_nonfinite(metrics: dict):
     return int(first), sorted(name for name, idx in bad.items() if idx == first)
 
 
-def stop_if_nonfinite(per_seed_metrics: list[dict], step: int, first_seed: int, save):
+def stop_if_nonfinite(per_seed_metrics: list[dict], step: int, labels: list[dict], save):
     """Exit naming the loss and the update that first went non-finite, after `save()` (-> the path it wrote).
 
-    `per_seed_metrics` holds one dict of per-update arrays per seed (seeds first_seed, first_seed + 1, ...);
-    `step` is the update count before this chunk.
+    `per_seed_metrics` holds one dict of per-update arrays per trained state, which `labels` name (`run_labels`:
+    the seed and any swept values); `step` is the update count before this chunk.
     """
-    for seed, metrics in enumerate(per_seed_metrics, start=first_seed):
+    for label, metrics in zip(labels, per_seed_metrics):
         bad = first_nonfinite(metrics)
         if bad:
             path = save()
             index, names = bad
             values = ", ".join(f"{name} became {metrics[name][index]}" for name in names)
-            prefix = f"seed {seed}: " if len(per_seed_metrics) > 1 else ""
+            prefix = f"{describe(label)}: " if len(per_seed_metrics) > 1 else ""
             raise SystemExit(f"error: {prefix}{values} at update {step + index + 1}; stopped (state saved to {path})")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from common.checkpoints import resume, save_checkpoint, settings
+from common.experiment import run_labels
 
 
 class Run:
@@ -22,41 +23,55 @@ class Run:
         if args.checkpoint is None:
             self.dir = Path("runs") / f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(self.dir))
         else:
             self.dir = Path(args.checkpoint).parent
             self._drop_evaluations_after(step)
-            self.writer = SummaryWriter(str(self.dir), purge_step=step + 1)
-        self.meta, self.seeds = meta, meta["seeds"]
+        purge = {} if args.checkpoint is None else {"purge_step": step + 1}
+        self.writer = SummaryWriter(str(self.dir), **purge)
+        self.meta, self.labels = meta, run_labels(args)
+        # A sweep logs each combination of values as a TensorBoard run of its own, in a subdirectory named for it
+        # (alpha_2.5): TensorBoard draws the combinations on the same charts. Without a sweep: one, the run itself.
+        self.groups = {name: ([i for i, label in enumerate(self.labels) if combination_name(label) == name],
+                              SummaryWriter(str(self.dir / name), **purge) if name else self.writer)
+                       for name in dict.fromkeys(map(combination_name, self.labels))}
         config = settings(args)
         self.json("args.json", config)
         table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.start = time.perf_counter() - wall_before
 
-    def scalars(self, values: dict, step: int):
+    def scalars(self, values: dict, step: int, writer=None):
         for name, value in values.items():
-            self.writer.add_scalar(name, float(value), step)
+            (writer or self.writer).add_scalar(name, float(value), step)
 
     def log_chunk(self, per_seed_scalars: list[dict], step: int, updates_per_sec: float):
-        """A chunk's scalars, the mean over seeds."""
-        self.scalars({k: np.mean([m[k] for m in per_seed_scalars]) for k in per_seed_scalars[0]}
-                     | {"charts/updates_per_sec": updates_per_sec}, step)
+        """A chunk's scalars, each combination of swept values the mean over its seeds."""
+        for name, (rows, writer) in self.groups.items():
+            self.scalars({k: np.mean([per_seed_scalars[i][k] for i in rows]) for k in per_seed_scalars[0]}
+                         | ({} if name else {"charts/updates_per_sec": updates_per_sec}), step, writer)
+        if "" not in self.groups:
+            self.scalars({"charts/updates_per_sec": updates_per_sec}, step)
 
     def log_evaluation(self, step: int, returns, scores, per_seed_scalars: list[dict]) -> str:
-        """Record an evaluation (returns: seeds x episodes), with each seed's chunk scalars; -> the lines to print."""
-        stacked = len(self.seeds) > 1
-        for seed, seed_returns, score, scalars in zip(self.seeds, returns, scores, per_seed_scalars):
-            result = ({"charts/episodic_return": seed_returns.mean()}
-                      | ({"charts/normalized_score": score} if score is not None else {}))
-            self.scalars({f"seed_{seed}/{k.split('/')[-1]}": v for k, v in result.items()} if stacked else result, step)
-            self.evaluation({"step": step, "seed": seed, "wall_s": time.perf_counter() - self.start,
-                             "return_std": seed_returns.std()} | result | scalars)
-        if stacked:
-            self.scalars({"charts/episodic_return": returns.mean()}
-                         | ({"charts/normalized_score": np.mean(scores),
-                             "charts/normalized_score_std": np.std(scores)} if scores[0] is not None else {}), step)
-        return "\n".join(eval_lines(self.seeds, step, returns, scores))
+        """Record an evaluation (returns: states x episodes, in `run_labels` order), with each state's chunk scalars;
+        -> the lines to print."""
+        for rows, writer in self.groups.values():
+            stacked = len(rows) > 1  # several seeds of this combination
+            for i in rows:
+                result = ({"charts/episodic_return": returns[i].mean()}
+                          | ({"charts/normalized_score": scores[i]} if scores[i] is not None else {}))
+                self.scalars({f"seed_{self.labels[i]['seed']}/{k.split('/')[-1]}": v for k, v in result.items()}
+                             if stacked else result, step, writer)
+                self.evaluation({"step": step} | self.labels[i] | {"wall_s": time.perf_counter() - self.start,
+                                                                   "return_std": returns[i].std()}
+                                | result | per_seed_scalars[i])
+            if stacked:
+                group_scores = [scores[i] for i in rows]
+                self.scalars({"charts/episodic_return": returns[rows].mean()}
+                             | ({"charts/normalized_score": np.mean(group_scores),
+                                 "charts/normalized_score_std": np.std(group_scores)} if scores[0] is not None else {}),
+                             step, writer)
+        return "\n".join(eval_lines(self.labels, step, returns, scores))
 
     def evaluation(self, row: dict):
         """Append one evaluation (with the metrics of the chunk before it) to evaluations.csv."""
@@ -74,6 +89,8 @@ class Run:
     def finish(self, state, step: int, interrupted: bool):
         path = self.save("final.msgpack", state, step)
         print(f"{'interrupted' if interrupted else 'done'} at update {step}; checkpoint {path}")
+        for _, writer in self.groups.values():
+            writer.close()
         self.writer.close()
 
     def _drop_evaluations_after(self, step: int):
@@ -107,17 +124,28 @@ def start_run(args, algorithm: str, state, data):
     return run, state, step
 
 
-def eval_line(step, episode_returns, score, seed=None) -> str:
+def combination_name(label: dict) -> str:
+    """The name of a state's combination of swept values ('alpha_2.5', 'expectile_0.9__beta_3.0'); '' if none."""
+    return "__".join(f"{k}_{v!r}" for k, v in label.items() if k != "seed")
+
+
+def eval_line(step, episode_returns, score, seed=None, prefix="") -> str:
     score_text = f"normalized {score:6.1f}" if score is not None else "(no reference scores)"
-    prefix = f"seed {seed:>3d} | " if seed is not None else ""
+    prefix += f"seed {seed:>3d} | " if seed is not None else ""
     return f"{prefix}step {step:>8d} | return {episode_returns.mean():8.1f} ± {episode_returns.std():6.1f} | {score_text}"
 
 
-def eval_lines(seeds, step, returns, scores) -> list[str]:
-    if len(seeds) == 1:
+def eval_lines(labels: list[dict], step, returns, scores) -> list[str]:
+    """A line per trained state (`run_labels`), and for several seeds their mean ± std, per combination of values."""
+    if len(labels) == 1:
         return [eval_line(step, returns[0], scores[0])]
-    lines = [eval_line(step, r, score, seed) for seed, r, score in zip(seeds, returns, scores)]
-    if scores[0] is not None:
-        lines.append(f"{len(seeds)} seeds   | step {step:>8d} | normalized {np.mean(scores):6.1f} ± "
-                     f"{np.std(scores):.1f}")
+    lines = []
+    for name in dict.fromkeys(map(combination_name, labels)):
+        rows = [i for i, label in enumerate(labels) if combination_name(label) == name]
+        prefix = "".join(f"{k.replace('_', '-')} {v:g} | " for k, v in labels[rows[0]].items() if k != "seed")
+        lines += [eval_line(step, returns[i], scores[i], labels[i]["seed"], prefix) for i in rows]
+        if scores[0] is not None and len(rows) > 1:
+            group = [scores[i] for i in rows]
+            lines.append(f"{prefix}{len(rows)} seeds   | step {step:>8d} | normalized {np.mean(group):6.1f} ± "
+                         f"{np.std(group):.1f}")
     return lines

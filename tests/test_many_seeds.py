@@ -21,7 +21,7 @@ def test_vmapped_seeds_match_single_runs_with_the_same_seeds(script):
     args = module.Args(**SMALL_RUN, seed=3, num_seeds=2)
     agent = make_agent(args, 3, 2)
     data = random_batch(size=64)
-    stacked, stacked_metrics = jax.jit(jax.vmap(agent.train_chunk, in_axes=(0, None)))(init_states(agent.init, 3, 2),
+    stacked, stacked_metrics = jax.jit(jax.vmap(agent.train_chunk, in_axes=(0, None)))(init_states(agent.init, args),
                                                                                         data)
     for i, seed in enumerate([3, 4]):
         single, single_metrics = agent.train_chunk(agent.init(jax.random.PRNGKey(seed)), data)
