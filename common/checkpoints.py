@@ -23,6 +23,11 @@ def as_text(flags: dict) -> bool:
     return all(isinstance(value, str) for value in flags.values())
 
 
+def as_typed(value) -> str:
+    """A recorded flag's value as it is typed on the command line: a list as its values (--alpha 1.0 5.0)."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def save_checkpoint(path: Path, state, meta: dict):
     """Write the whole training state as flax msgpack (no pickle), next to a small JSON header."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +86,8 @@ def resume(args, state, algorithm: str):
         now = {k: str(v) for k, v in dataclasses.asdict(args).items()}
     changed = [k for k in now if k not in RESUMABLE_CHANGES and meta["args"].get(k) != now[k]]
     if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {meta['args'].get(k)} (now {now[k]})" for k in changed)
+        was = ", ".join(f"--{k.replace('_', '-')} {as_typed(meta['args'].get(k))} (now {as_typed(now[k])})"
+                        for k in changed)
         raise SystemExit(f"error: {args.checkpoint} was trained with {was}; resuming needs the same flags "
                          f"(only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} may change)")
     print(f"resuming {args.checkpoint} at update {meta['step']}")

@@ -117,6 +117,6 @@ def test_a_resumed_sweep_takes_the_same_updates_as_one_never_stopped(tiny_hopper
     resumed = (run_dir / "evaluations.csv").read_text().splitlines()
     without_wall_time = lambda rows: [row.split(",")[:3] + row.split(",")[4:] for row in rows]  # noqa: E731
     assert without_wall_time(resumed) == without_wall_time(evaluations) and len(resumed) == 1 + 4 * 4
-    with pytest.raises(SystemExit, match=r"was trained with --alpha \(1.0, 5.0\) \(now \(1.0, 2.5\)\)"):
+    with pytest.raises(SystemExit, match=r"was trained with --alpha 1.0 5.0 \(now 1.0 2.5\)"):
         module.main(module.Args(env_id=tiny_hopper, checkpoint=run_dir / "checkpoint_8.msgpack",
                                 **(flags | dict(alpha=(1.0, 2.5)))))
