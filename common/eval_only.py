@@ -1,6 +1,7 @@
 """--eval-only: evaluate a checkpoint where it was trained; the checkpoint records where and how to act."""
 
 import dataclasses
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -10,6 +11,7 @@ from common.datasets import DatasetError, resolve_name
 from common.evaluation import make_evaluator
 from common.experiment import init_states, load_training_data
 from common.logger import eval_lines
+from common.video import write_videos
 
 
 def evaluate_checkpoint(args, algorithm: str, make_agent):
@@ -53,9 +55,13 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     print(f"evaluating {args.checkpoint} (update {meta['step']}, trained on {meta.get('dataset_id')}) in {env_spec.id}")
-    returns, scores = make_evaluator(agent.policy, env_spec, ref_scores, args.num_seeds, args.eval_episodes,
-                                     rescale)(state)
-    print("\n".join(eval_lines(list(range(args.seed, args.seed + args.num_seeds)), meta["step"], returns, scores)))
+    returns, scores, videos = make_evaluator(agent.policy, env_spec, ref_scores, args.num_seeds, args.eval_episodes,
+                                             rescale)(state, record=args.capture_video)
+    seeds = list(range(args.seed, args.seed + args.num_seeds))
+    print("\n".join(eval_lines(seeds, meta["step"], returns, scores)))
+    if videos:  # beside the checkpoint, named apart from the videos its training run wrote
+        paths = write_videos(Path(args.checkpoint).parent / "videos", f"eval_only_update_{meta['step']}", videos, seeds)
+        print("videos: " + " ".join(map(str, paths)))
     return state
 
 
