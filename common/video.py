@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import gymnasium as gym
 import imageio.v3 as iio
+import mujoco
 import numpy as np
 from PIL import Image
 from tensorboardX.proto.summary_pb2 import Summary
@@ -70,6 +71,9 @@ class EpisodeFrames(gym.Wrapper):
         model = env.unwrapped.model  # looks only: shadows and reflections cost most of a software render
         model.light_castshadow[:] = 0
         model.mat_reflectance[:] = 0
+        track = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+        if track >= 0:  # the camera that follows the body (hopper, walker2d, halfcheetah); the default one stays put
+            env.unwrapped.mujoco_renderer.camera_id = track
         self.every = max(1, round(env.metadata["render_fps"] / VIDEO_FPS))
         self.fps = env.metadata["render_fps"] / self.every
         self.frames, self.t = [], 0
