@@ -74,7 +74,7 @@ def main(args: Args):
         panels = [panel(frame, args.size, label) for frame in frames[:length]]
         panels += [panel(frames[-1], args.size, label + ", fell")] * (length - len(panels))  # its episode ended
         columns.append(panels)
-        print(f"{quality}: return {episode_return:.0f}, normalized {score:.1f}, {len(videos[0].frames)} frames recorded")
+        print(f"{quality}: return {episode_return:.0f}, normalized {score:.1f}, {len(frames)} frames")
     animation = []
     for row in zip(*columns):
         canvas = Image.new("RGB", (args.size * len(row), args.size))

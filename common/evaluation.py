@@ -12,9 +12,10 @@ EVAL_SEED = 10_000  # evaluation episode i starts from reset(seed=10000 + i), in
 
 
 def make_env(env_id, rescale_actions: bool = True, record: bool = False) -> gym.Env:
-    """The environment (with `record`, rendering its episodes: common/video.py), taking actions in [-1, 1] (every policy's tanh range) and mapping them onto its own Box
+    """The environment, taking actions in [-1, 1] (every policy's tanh range) and mapping them onto its own Box
     bounds, as the loader mapped the data's actions the other way. Already [-1, 1]: left as it is, bit for bit.
-    `rescale_actions=False` passes actions through (checkpoints from before the loader scaled them)."""
+    `rescale_actions=False` passes actions through (checkpoints from before the loader scaled them).
+    `record=True` renders its episodes (common/video.py)."""
     env = make_recording_env(env_id) if record else gym.make(env_id)
     space = env.action_space
     if rescale_actions and not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
@@ -54,8 +55,9 @@ def run_episodes(policy, env_id, num_episodes: int, seed: int, repeat: int = 1,
 
 def make_evaluator(policy, env_spec, ref_scores: tuple, num_seeds: int, num_episodes: int,
                    rescale_actions: bool = True):
-    """evaluate(state, record) -> (returns of shape (seeds, episodes), each seed's normalized score, each seed's
-    `Video` of its first episode if `record` else None): all episodes step together, in `env_spec`'s environment with `policy(state, obs)`'s [-1, 1] mapped onto its action bounds.
+    """evaluate(state, record=False) -> (returns of shape (seeds, episodes), each seed's normalized score, each
+    seed's `Video` of its first episode if `record` else None): all episodes step together, in `env_spec`'s
+    environment with `policy(state, obs)`'s [-1, 1] mapped onto its action bounds.
     With num_seeds > 1, `state` holds that many stacked states and the policy is vmapped over them."""
     batched_policy = jax.jit(jax.vmap(policy)) if num_seeds > 1 else policy
 

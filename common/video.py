@@ -33,30 +33,31 @@ class Video(NamedTuple):
 
 
 def choose_gl_backend() -> str:
-    """Set MUJOCO_GL to a backend that renders here: the user's MUJOCO_GL if set, else EGL, else OSMesa.
+    """Set MUJOCO_GL to a backend that renders here: the user's MUJOCO_GL if set, else EGL, else OSMesa, else glfw.
 
     Where none renders, stop with one sentence that says what to install and how to run without video."""
     requested = os.environ.get("MUJOCO_GL")
     reason = ""
-    for backend in [requested] if requested else list(GL_BACKENDS):
+    for backend in [requested] if requested else [*GL_BACKENDS, "glfw"]:  # glfw: a display's (macOS, Windows)
         try:
             probe = subprocess.run([sys.executable, "-c", _PROBE], env={**os.environ, "MUJOCO_GL": backend},
                                    capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
-            reason = f"MUJOCO_GL={backend}: no frame within 120 s"
+            reason = reason or f"MUJOCO_GL={backend}: no frame within 120 s"  # the first failure says most
             continue
         if probe.returncode == 0:
             os.environ["MUJOCO_GL"] = backend
             return backend
-        reason = f"MUJOCO_GL={backend}: {(probe.stderr.strip().splitlines() or ['exit ' + str(probe.returncode)])[-1]}"
+        said = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        reason = reason or f"MUJOCO_GL={backend}: {said}"
     said = f" ({reason if len(reason) <= 200 else reason[:200] + '...'})"
     if requested in GL_BACKENDS:
         raise SystemExit(f"error: --capture-video cannot render with MUJOCO_GL={requested}: install its libraries "
                          f"(Debian/Ubuntu: apt-get install {GL_BACKENDS[requested]}), or unset "
                          f"MUJOCO_GL to let EGL or OSMesa be chosen, or run without --capture-video{said}")
     if requested:
-        raise SystemExit(f"error: --capture-video cannot render with MUJOCO_GL={requested} here: set MUJOCO_GL to egl or "
-                         f"osmesa (or unset it) to render without a display, or run without --capture-video{said}")
+        raise SystemExit(f"error: --capture-video cannot render with MUJOCO_GL={requested} here: set MUJOCO_GL to egl "
+                         f"or osmesa (or unset it) to render without a display, or run without --capture-video{said}")
     raise SystemExit(f"error: --capture-video needs MuJoCo to render without a display, and neither EGL nor OSMesa "
                      f"loads here: install EGL (Debian/Ubuntu: apt-get install {GL_BACKENDS['egl']}) or OSMesa "
                      f"(apt-get install {GL_BACKENDS['osmesa']}), or run without --capture-video{said}")

@@ -108,7 +108,8 @@ def test_every_script_records_with_video_every(script, tiny_hopper, tmp_path, mo
     assert sorted(p.name for p in (run_dir / "videos").iterdir()) == ["update_12.mp4", "update_8.mp4"]  # and the last
     (checkpoint,) = run_dir.glob("final.msgpack")
     module.main(module.Args(eval_only=True, checkpoint=checkpoint, **SMALL_RUN, capture_video=True))
-    assert len(decode(run_dir / "videos" / "eval_only_update_12.mp4")) == len(decode(run_dir / "videos" / "update_12.mp4"))
+    videos = run_dir / "videos"
+    assert len(decode(videos / "eval_only_update_12.mp4")) == len(decode(videos / "update_12.mp4"))
 
 
 @pytest.mark.parametrize("env, message", [
