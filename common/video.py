@@ -17,6 +17,7 @@ import gymnasium as gym
 import imageio.v3 as iio
 import mujoco
 import numpy as np
+from gymnasium.envs.mujoco import MujocoEnv
 from PIL import Image
 from tensorboardX.proto.summary_pb2 import Summary
 
@@ -69,14 +70,16 @@ class EpisodeFrames(gym.Wrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
-        model = env.unwrapped.model  # looks only: shadows and reflections cost most of a software render
-        model.light_castshadow[:] = 0
-        model.mat_reflectance[:] = 0
-        track = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
-        if track >= 0:  # the camera that follows the body (hopper, walker2d, halfcheetah); the default one stays put
-            env.unwrapped.mujoco_renderer.camera_id = track
-        self.every = max(1, round(env.metadata["render_fps"] / VIDEO_FPS))
-        self.fps = env.metadata["render_fps"] / self.every
+        if isinstance(env.unwrapped, MujocoEnv):
+            model = env.unwrapped.model  # looks only: shadows and reflections cost most of a software render
+            model.light_castshadow[:] = 0
+            model.mat_reflectance[:] = 0
+            track = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+            if track >= 0:  # the camera that follows the body (hopper, walker2d, halfcheetah); the default stays put
+                env.unwrapped.mujoco_renderer.camera_id = track
+        render_fps = env.metadata.get("render_fps", VIDEO_FPS)
+        self.every = max(1, round(render_fps / VIDEO_FPS))
+        self.fps = render_fps / self.every
         self.frames, self.t = [], 0
 
     def reset(self, **kwargs):
@@ -96,7 +99,11 @@ class EpisodeFrames(gym.Wrapper):
 
 
 def make_recording_env(env_id) -> EpisodeFrames:
-    return EpisodeFrames(gym.make(env_id, render_mode="rgb_array", width=VIDEO_SIZE, height=VIDEO_SIZE))
+    try:  # MuJoCo's environments take the frame size; others render at their own
+        env = gym.make(env_id, render_mode="rgb_array", width=VIDEO_SIZE, height=VIDEO_SIZE)
+    except TypeError:
+        env = gym.make(env_id, render_mode="rgb_array")
+    return EpisodeFrames(env)
 
 
 def video_due(args, step: int) -> bool:
