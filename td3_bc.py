@@ -50,8 +50,8 @@ from common.experiment import ExperimentArgs, check_experiment_args, init_states
 from common.guards import GracefulInterrupt, stop_if_nonfinite
 from common.logger import start_run
 from common.networks import (Critic, DeterministicActor, TanhGaussianActor, TwinCritic, sample_tanh_gaussian,
-from common.video import log_videos, video_due
                              tanh_gaussian_log_prob)
+from common.video import log_videos, video_due
 
 
 @dataclass

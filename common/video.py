@@ -24,6 +24,7 @@ from tensorboardX.proto.summary_pb2 import Summary
 GL_BACKENDS = {"egl": "libegl1 libgl1-mesa-dri", "osmesa": "libosmesa6"}  # MUJOCO_GL -> its Debian/Ubuntu packages
 VIDEO_SIZE = 256  # width and height of a frame, in pixels
 VIDEO_FPS = 30  # about: a frame every round(render_fps / 30) steps (hopper: every 4th of 125 per second)
+GIF_SIZE, GIF_EVERY = 128, 2  # TensorBoard's copy: half the size, every other frame (it lives in the event file)
 _PROBE = ("import mujoco; r = mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8); r.render(); "
           "r.close()")
 
@@ -113,15 +114,17 @@ def video_due(args, step: int) -> bool:
 
 
 def gif_bytes(video: Video) -> bytes:
-    """An animated GIF of the video, on one palette taken from a few of its frames, undithered: a few hundred KB
-    for a 1000-step hopper episode, where per-frame dithered palettes take several MB."""
-    frames = [Image.fromarray(f) for f in video.frames]
-    sample = np.concatenate(video.frames[np.linspace(0, len(frames) - 1, min(8, len(frames))).astype(int)])
+    """TensorBoard's animated GIF of the video: every GIF_EVERY-th frame at GIF_SIZE pixels, on one palette taken from
+    a few frames, undithered. A 1000-step hopper episode is then a few hundred KB of the event file (the full
+    video, with a dithered palette per frame, would be over 3 MB; the mp4 file keeps every frame at full size)."""
+    frames = [Image.fromarray(f).resize((GIF_SIZE, GIF_SIZE), Image.BILINEAR) for f in video.frames[::GIF_EVERY]]
+    sample = np.concatenate([np.asarray(frames[i]) for i in np.linspace(0, len(frames) - 1, min(8, len(frames)),
+                                                                        dtype=int)])
     palette = Image.fromarray(sample).quantize(256, dither=Image.Dither.NONE)
     frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     out = io.BytesIO()
-    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / video.fps),
-                   loop=0)
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=round(1000 * GIF_EVERY / video.fps), loop=0)
     return out.getvalue()
 
 
