@@ -35,6 +35,7 @@ from common.experiment import (ExperimentArgs, Sweepable, check_experiment_args,
 from common.guards import GracefulInterrupt, stop_if_nonfinite
 from common.logger import start_run
 from common.networks import GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
+from common.video import log_videos, video_due
 
 
 @dataclass
@@ -218,7 +219,9 @@ def main(args: Args):
             scalars = [{k: v.mean() for k, v in m.items()} for m in metrics]
             run.log_chunk(scalars, step, updates_per_sec)
             if step % args.eval_every == 0 or step == args.total_steps:
-                bar.write(run.log_evaluation(step, *evaluate(state), scalars))
+                returns, scores, videos = evaluate(state, record=video_due(args, step))
+                bar.write(run.log_evaluation(step, returns, scores, scalars))
+                log_videos(run, step, videos)  # with --capture-video: runs/<run>/videos/ and TensorBoard
             if args.save_every and step % args.save_every == 0:
                 run.save(f"checkpoint_{step}.msgpack", state, step)
         bar.close()

@@ -1,5 +1,7 @@
 """--eval-only: evaluate a checkpoint where it was trained; the checkpoint records where and how to act."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 
@@ -8,6 +10,7 @@ from common.datasets import DatasetError, resolve_name
 from common.evaluation import make_evaluator
 from common.experiment import init_states, load_training_data, run_labels
 from common.logger import eval_lines
+from common.video import write_videos
 
 
 def evaluate_checkpoint(args, algorithm: str, make_agent):
@@ -51,9 +54,12 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
         raise SystemExit(f"error: {e}")
     print(f"evaluating {args.checkpoint} (update {meta['step']}, trained on {meta.get('dataset_id')}) in {env_spec.id}")
     labels = run_labels(args)  # its seeds and swept values: the same flags as the run that trained it
-    returns, scores = make_evaluator(agent.policy, env_spec, ref_scores, len(labels), args.eval_episodes,
-                                     rescale)(state)
+    returns, scores, videos = make_evaluator(agent.policy, env_spec, ref_scores, len(labels), args.eval_episodes,
+                                             rescale)(state, record=args.capture_video)
     print("\n".join(eval_lines(labels, meta["step"], returns, scores)))
+    if videos:  # beside the checkpoint, named apart from the videos its training run wrote
+        paths = write_videos(Path(args.checkpoint).parent / "videos", f"eval_only_update_{meta['step']}", videos, labels)
+        print("videos: " + " ".join(map(str, paths)))
     return state
 
 

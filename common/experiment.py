@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import tyro
 
 from common.datasets import DatasetError, load_dataset
+from common.video import choose_gl_backend
 
 DEFAULT_ENV_ID = "hopper-medium"  # the dataset of a run started without --env-id
 
@@ -50,6 +51,10 @@ class ExperimentArgs:
     """evaluate --checkpoint instead of training"""
     checkpoint: Path | None = None
     """with --eval-only, the checkpoint to evaluate; without, a stopped run's checkpoint to go on training"""
+    capture_video: bool = False
+    """render each evaluation's first episode (one per seed): runs/<run>/videos/update_<N>.mp4 and TensorBoard"""
+    video_every: int = 0
+    """with --capture-video, updates between two recorded evaluations (a multiple of --eval-every); 0: every one"""
 
 
 def check_experiment_args(args, algorithm_problems=lambda args: ()):
@@ -78,6 +83,8 @@ def check_experiment_args(args, algorithm_problems=lambda args: ()):
          f"--total-steps, --eval-every and --save-every must be multiples of --log-every ({args.log_every})"),
         (args.eval_every <= 0 or args.eval_episodes <= 0, "--eval-every and --eval-episodes must be positive"),
         (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
+        (args.video_every < 0 or (args.eval_every > 0 and args.video_every % args.eval_every),
+         f"--video-every must be 0 (every evaluation) or a multiple of --eval-every ({args.eval_every})"),
         (args.num_seeds <= 0, f"--num-seeds must be positive, got {args.num_seeds}"),
         (args.checkpoint is not None and not Path(args.checkpoint).is_file(), f"no checkpoint at {args.checkpoint}"),
         (not args.hidden_dims or min(args.hidden_dims) <= 0,
@@ -93,6 +100,8 @@ def check_experiment_args(args, algorithm_problems=lambda args: ()):
     for failed, message in problems:
         if failed:
             raise SystemExit(f"error: {message}")
+    if args.capture_video:
+        choose_gl_backend()  # before any data or training: stops with one sentence where MuJoCo cannot render
 
 
 def load_training_data(env_id: str):
