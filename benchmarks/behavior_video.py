@@ -12,15 +12,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 import tyro
 from PIL import Image, ImageDraw
 
 from benchmarks.make_datasets import load_behavior_actor
+from benchmarks.select_behavior import sampling_policy
 from common.datasets import ENVS, REFERENCE_SCORES, normalized_score
 from common.evaluation import EVAL_SEED, run_episodes
-from common.networks import sample_tanh_gaussian
 from common.video import choose_gl_backend
 
 
@@ -37,17 +36,6 @@ class Args:
     quality: int = 50
     """WebP quality, 0-100"""
     out: Path = Path(__file__).parent / "hopper_expert_vs_medium.webp"
-
-
-def sampling_policy(actor, params, seed: int = 0):
-    """obs batch -> actions sampled from the tanh-Gaussian, as the dataset collection draws them: a fresh key a step."""
-    sample = jax.jit(lambda obs, key: sample_tanh_gaussian(*actor.apply(params, obs), key)[0])
-    key = [jax.random.PRNGKey(seed)]
-
-    def policy(obs):
-        key[0], k = jax.random.split(key[0])
-        return sample(obs, k)
-    return policy
 
 
 def panel(frame: np.ndarray, size: int, text: str) -> Image.Image:
