@@ -108,9 +108,12 @@ def make_recording_env(env_id) -> EpisodeFrames:
 
 
 def video_due(args, step: int) -> bool:
-    """Does the evaluation after `step` updates record a video: with --capture-video, every --video-every updates
-    (0: every evaluation) and the last."""
-    return args.capture_video and (not args.video_every or step % args.video_every == 0 or step == args.total_steps)
+    """Does the evaluation after `step` updates record a video? With --capture-video: the first evaluation, the first
+    at or after each multiple of --video-every (0: every evaluation), and the last. Thinned by default, since a
+    software-rendered episode costs about twice an evaluation (benchmarks/video_cost.md)."""
+    every = args.video_every
+    crossed = not every or step // every > (step - args.eval_every) // every  # a multiple in (last eval, step]
+    return args.capture_video and (crossed or step == args.eval_every or step == args.total_steps)
 
 
 def gif_bytes(video: Video) -> bytes:

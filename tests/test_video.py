@@ -1,5 +1,6 @@
 """--capture-video: the recorded episodes decode, show the episode (its length, its motion) and reach TensorBoard."""
 
+import dataclasses
 import importlib
 import io
 import os
@@ -12,10 +13,11 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import iql
 from benchmarks.algorithms import ALGORITHMS
 from common.checkpoints import read_checkpoint
 from common.evaluation import EVAL_SEED, make_env, make_evaluator, run_episodes
-from common.video import GIF_EVERY, GIF_SIZE, VIDEO_SIZE, choose_gl_backend
+from common.video import GIF_EVERY, GIF_SIZE, VIDEO_SIZE, choose_gl_backend, video_due
 from tests.cli import CLI_SMALL, run_script
 from tests.helpers import SMALL_RUN
 
@@ -105,14 +107,15 @@ def test_a_tiny_run_records_every_evaluation_as_mp4_and_on_tensorboard(tiny_hopp
 def test_every_script_records_with_video_every(script, tiny_hopper, tmp_path, monkeypatch, gl_backend):
     module = importlib.import_module(script)
     monkeypatch.chdir(tmp_path)
-    module.main(module.Args(env_id=tiny_hopper, **(SMALL_RUN | {"total_steps": 12, "eval_every": 4}),
+    module.main(module.Args(env_id=tiny_hopper, **(SMALL_RUN | {"total_steps": 16, "eval_every": 4}),
                             capture_video=True, video_every=8))
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert sorted(p.name for p in (run_dir / "videos").iterdir()) == ["update_12.mp4", "update_8.mp4"]  # and the last
+    recorded = sorted(int(p.stem.removeprefix("update_")) for p in (run_dir / "videos").iterdir())
+    assert recorded == [4, 8, 16]  # the first, each multiple of 8, the last; not 12
     (checkpoint,) = run_dir.glob("final.msgpack")
     module.main(module.Args(eval_only=True, checkpoint=checkpoint, **SMALL_RUN, capture_video=True))
     videos = run_dir / "videos"
-    assert len(decode(videos / "eval_only_update_12.mp4")) == len(decode(videos / "update_12.mp4"))
+    assert len(decode(videos / "eval_only_update_16.mp4")) == len(decode(videos / "update_16.mp4"))
 
 
 @pytest.mark.parametrize("env, message", [
@@ -132,7 +135,14 @@ def test_no_gl_backend_is_one_sentence_before_anything_is_written(env, message, 
     assert not (tmp_path / "runs").exists()
 
 
-def test_video_every_must_be_a_multiple_of_eval_every(tmp_path):
-    out = run_script("iql.py", "--capture-video", "--eval-every", "1000", "--video-every", "1500", cwd=tmp_path)
-    assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert "--video-every must be 0 (every evaluation) or a multiple of --eval-every (1000)" in out.stderr
+def test_video_every_records_the_first_evaluation_after_each_multiple_and_the_last():
+    args = iql.Args(capture_video=True, eval_every=3000, total_steps=31_000, video_every=10_000)
+    evaluations = [*range(3000, 31_000, 3000), 31_000]
+    assert [s for s in evaluations if video_due(args, s)] == [3000, 12_000, 21_000, 30_000, 31_000]
+    assert all(video_due(dataclasses.replace(args, video_every=0), s) for s in evaluations)
+    assert not any(video_due(dataclasses.replace(args, capture_video=False), s) for s in evaluations)
+
+
+def test_a_negative_video_every_is_one_clear_line():
+    with pytest.raises(SystemExit, match=r"^error: --video-every must be >= 0 \(0: every evaluation\), got -1$"):
+        iql.check_args(iql.Args(capture_video=True, video_every=-1))
