@@ -12,11 +12,10 @@ Last, for the critics that evaluate the learned policy (TD3+BC, AWR, CQL; IQL's 
 value), what the critic expects along the policy's own episodes, min_i Q_i(s_t, π(s_t)), against the
 discounted return that actually followed: a critic far above it has been fooled by actions the data lacks;
 and on the data's states, how far above the data's own actions the critic rates the policy's.
-A checkpoint of several seeds (--num-seeds) is read seed by seed. The checkpoint's own flags rebuild its
+A checkpoint of several seeds (--num-seeds), or of a sweep, is read state by state. The checkpoint's own flags rebuild its
 networks: nothing about how it was trained needs to be passed again.
 """
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +24,10 @@ import numpy as np
 import tyro
 
 from benchmarks.algorithms import ALGORITHMS, load_algorithm
-from common.checkpoints import as_text, load_checkpoint, read_checkpoint
+from common.checkpoints import load_checkpoint, read_checkpoint, trained_args
 from common.datasets import load_dataset
 from common.evaluation import EVAL_SEED, make_env
-from common.experiment import init_states
+from common.experiment import describe, init_states, run_labels
 from common.networks import TwinCritic
 
 
@@ -83,16 +82,6 @@ def returns_to_go(rewards, discount: float, ending: str, horizon: int = 300):
     return returns if ending == "terminated" else returns[:max(len(rewards) - horizon, 0)]
 
 
-def trained_args(module, meta: dict, path: Path):
-    """The script's Args as the checkpoint's run had them (JSON's lists back to tuples)."""
-    flags = meta.get("args", {})
-    if not flags or as_text(flags):
-        raise SystemExit(f"error: {path} records its flags as text (it was written before checkpoints kept their "
-                         f"types), so its networks cannot be rebuilt from it; --eval-only still evaluates it")
-    fields = {f.name for f in dataclasses.fields(module.Args)}
-    return module.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in flags.items() if k in fields})
-
-
 def policy_q(state, hidden_dims):
     """(raw obs, action) -> min over the twin critics, fed the observations as in training: normalized by the
     statistics the state holds, if it holds any (TD3+BC's)."""
@@ -109,8 +98,11 @@ def main(args: Args):
         meta, _ = read_checkpoint(args.checkpoint, args.algo)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    trained = trained_args(module, meta, args.checkpoint)
-    seeds = list(range(trained.seed, trained.seed + trained.num_seeds))
+    trained = trained_args(module.Args, meta)
+    if trained is None:
+        raise SystemExit(f"error: {args.checkpoint} records its flags as text (it was written before checkpoints "
+                         f"kept their types), so its networks cannot be rebuilt from it; --eval-only still evaluates it")
+    labels = run_labels(trained)  # its seeds, and in a sweep each combination's
     data = load_dataset(trained.env_id)
     agent = make_agent(trained, data.obs.shape[1], data.action.shape[1])
     try:
@@ -125,11 +117,11 @@ def main(args: Args):
     print(f"data: {len(data.episode_returns)} episodes; share of its own states outside [0.1, 99.9] is 0.2% "
           f"per dimension by construction")
     sample_obs, sample_action = data_sample(data)  # the same pairs for every seed
-    for i, seed in enumerate(seeds):
-        state = jax.tree.map(lambda x: x[i], states) if len(seeds) > 1 else states  # noqa: B023 (used at once)
+    for i, label in enumerate(labels):
+        state = jax.tree.map(lambda x: x[i], states) if len(labels) > 1 else states  # noqa: B023 (used at once)
         visited, expected, achieved = [], [], []
         q = None if args.algo in IN_SAMPLE_CRITICS else policy_q(state, trained.hidden_dims)
-        print(f"seed {seed} (update {meta['step']}):")
+        print(f"{describe(label)} (update {meta['step']}):")
         for j in range(args.episodes):
             obs, rewards, ending = episode(lambda o: agent.policy(state, o), data.env_spec, EVAL_SEED + j,  # noqa: B023
                                            rescale_actions="action_low" in meta)  # older checkpoints acted unscaled

@@ -29,6 +29,16 @@ def as_typed(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def trained_args(args_type, meta: dict):
+    """The script's Args (`args_type`) as the checkpoint's run had them, JSON's lists back to tuples; None for a
+    checkpoint that records no flags, or records them as text (written before checkpoints kept their types)."""
+    flags = meta.get("args", {})
+    if not flags or as_text(flags):
+        return None
+    fields = {f.name for f in dataclasses.fields(args_type)}
+    return args_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in flags.items() if k in fields})
+
+
 def save_checkpoint(path: Path, state, meta: dict):
     """Write the whole training state as flax msgpack (no pickle), next to a small JSON header."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from common.checkpoints import load_checkpoint, read_checkpoint
+from common.checkpoints import RESUMABLE_CHANGES, as_typed, load_checkpoint, read_checkpoint, settings, trained_args
 from common.datasets import DatasetError, resolve_name
 from common.evaluation import make_evaluator
 from common.experiment import init_states, load_training_data, run_labels
@@ -16,8 +16,9 @@ from common.video import write_videos
 def evaluate_checkpoint(args, algorithm: str, make_agent):
     """--eval-only: evaluate args.checkpoint where it was trained, without its dataset.
 
-    The checkpoint records the evaluation environment, the action bounds and the reference scores; its state holds
-    the rest of what the policy reads (TD3+BC's observation statistics). One written before checkpoints recorded
+    The checkpoint records the evaluation environment, the action bounds and the reference scores, and the flags
+    that built its networks (their widths, its seeds, its swept values), so none of them needs passing again; its
+    state holds the rest of what the policy reads (TD3+BC's observation statistics). One written before checkpoints recorded
     these is evaluated as it was then: its dataset is loaded for them, and its actions are not rescaled.
     `make_agent(args, obs_dim, action_dim)` builds the networks, as each script's make_<algo> does.
     """
@@ -47,13 +48,19 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
     if rescale and not (np.allclose(space.low, meta["action_low"]) and np.allclose(space.high, meta["action_high"])):
         raise SystemExit(f"error: {args.checkpoint} was trained for actions in [{meta['action_low']}, "
                          f"{meta['action_high']}], but {env_spec.id} has the action space {space}")
-    agent = make_agent(args, obs_dim, space.shape[0])
+    trained = trained_args(type(args), meta) or args
+    now, was, default = settings(args), settings(trained), settings(type(args)())
+    ignored = [f"--{k.replace('_', '-')} {as_typed(was[k])} (not {as_typed(now[k])})" for k in now
+               if k not in RESUMABLE_CHANGES | {"env_id"} and now[k] != was[k] and now[k] != default[k]]
+    if ignored:  # flags given on this command line that the checkpoint was not trained with
+        print(f"note: {args.checkpoint} is evaluated with the flags it was trained with: {', '.join(ignored)}")
+    agent = make_agent(trained, obs_dim, space.shape[0])
     try:
-        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, args), algorithm)
+        state, meta = load_checkpoint(args.checkpoint, init_states(agent.init, trained), algorithm)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     print(f"evaluating {args.checkpoint} (update {meta['step']}, trained on {meta.get('dataset_id')}) in {env_spec.id}")
-    labels = run_labels(args)  # its seeds and swept values: the same flags as the run that trained it
+    labels = run_labels(trained)  # its seeds and swept values
     returns, scores, videos = make_evaluator(agent.policy, env_spec, ref_scores, len(labels), args.eval_episodes,
                                              rescale)(state, record=args.capture_video)
     print("\n".join(eval_lines(labels, meta["step"], returns, scores)))

@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 
 
@@ -22,3 +24,12 @@ def tiny_hopper(minari_store, tmp_path, monkeypatch):
     monkeypatch.setattr(make_datasets, "REFERENCE_SCORES", refs)
     make_datasets.build_dataset("offrl-standin/hopper/random-v0", num_steps=2000, seed=0)
     return "hopper-random"
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt during the test, as in a terminal, even where pytest was started in
+    the background, which starts Python with SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

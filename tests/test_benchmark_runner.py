@@ -12,13 +12,7 @@ import pytest
 
 from benchmarks import report, run
 from common.checkpoints import save_checkpoint
-from tests.test_training import CLI_SMALL
-
-
-def small_grid(tiny_hopper, tmp_path, **overrides) -> run.Args:
-    settings = dict(algos=("iql",), env_ids=(tiny_hopper,), seeds=(0,), total_steps=200, eval_every=100,
-                    name="small_iql", script_args=" ".join(CLI_SMALL), results=tmp_path / "results", work_dir=tmp_path)
-    return run.Args(**(settings | overrides))
+from tests.helpers import small_grid, write_cell
 
 
 def test_grid_records_each_run_and_a_second_call_does_no_work(tiny_hopper, tmp_path, monkeypatch, capsys):
@@ -145,7 +139,7 @@ def test_a_stopped_program_under_jobs_stops_the_grid_and_the_rerun_goes_on(tmp_p
     assert all("--checkpoint" in command for command in launched)  # both went on from where they stopped
 
 
-def test_a_stopped_grid_asks_its_script_once_to_stop_and_waits_for_it(tmp_path):
+def test_a_stopped_grid_asks_its_script_once_to_stop_and_waits_for_it(tmp_path, ctrl_c_raises):
     script = ("import pathlib, signal, sys, time\n"
               "signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path('saved').write_text('yes'), sys.exit(0)))\n"
               "pathlib.Path('ready').write_text('yes')\n"
@@ -185,20 +179,6 @@ def test_a_record_made_by_another_command_is_not_overwritten(tmp_path, monkeypat
 def test_bad_grids_are_refused_before_any_work(overrides, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         run.main(small_grid("hopper-medium", tmp_path, **overrides))
-
-
-def write_cell(results, name, seed, scores, outcome="finished", machine="test machine"):
-    folder = results / "hopper-medium"
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = "".join(f"{100 * (i + 1)},{seed},1,0,0,{s},{s}\n" for i, s in enumerate(scores))
-    (folder / f"{name}__seed{seed}.csv").write_text(
-        "step,seed,wall_s,return_std,charts/episodic_return,charts/normalized_score,values/q\n" + rows)
-    record = {"algo": "iql", "name": name, "env_id": "hopper-medium", "seed": seed, "total_steps": 100 * len(scores),
-              "command": f"python {name}.py --env-id hopper-medium --seed {seed} --total-steps {100 * len(scores)}",
-              "outcome": outcome, "wall_s": 120.0, "machine": machine, "date": "2026-11-24",
-              "dataset": {"dataset_id": "d", "source": "s", "episodes": 3, "transitions": 30, "mean_return": 1.0,
-                          "mean_normalized_return": 39.4}}
-    (folder / f"{name}__seed{seed}.json").write_text(json.dumps(record))
 
 
 def test_report_takes_final_and_best_over_seeds(tmp_path):

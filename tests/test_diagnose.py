@@ -1,15 +1,13 @@
 """benchmarks/diagnose.py: refuses what it cannot read in one line, measures actions against the data's, and
 reads a critic's value against the returns that followed (its replay is run in test_many_seeds and test_td3_bc)."""
 
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
 
 import tests.bounded_envs  # noqa: F401  (registers tests/Echo-v0)
 from benchmarks import diagnose
-from common.checkpoints import save_checkpoint, settings
+from common.checkpoints import save_checkpoint, settings, trained_args
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):
@@ -29,7 +27,8 @@ def test_the_checkpoints_flags_rebuild_the_scripts_args():
 
     args = td3_bc.Args(env_id="hopper-random", seed=4, num_seeds=2, hidden_dims=(32, 16), variant="sac_bc",
                        policy_delay=3, checkpoint=None)
-    assert diagnose.trained_args(td3_bc, {"args": settings(args)}, Path("x")) == args
+    assert trained_args(td3_bc.Args, {"args": settings(args)}) == args
+    assert trained_args(td3_bc.Args, {"args": {"seed": "4", "hidden_dims": "(32, 16)"}}) is None  # flags as text
 
 
 def test_unknown_algorithm_is_refused(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import submitit
 
 from benchmarks import report, run, slurm
-from tests.test_benchmark_runner import small_grid
+from tests.helpers import small_grid
 
 
 def local_jobs(tiny_hopper, tmp_path, **overrides) -> run.Args:
@@ -43,22 +43,22 @@ def wait_for(condition, what: str, seconds: float = 600):
 
 def test_local_executor_jobs_record_what_the_local_launcher_records_and_a_rerun_submits_nothing(
         tiny_hopper, tmp_path, monkeypatch, capsys):
-    grid = dict(algos=("iql", "td3_bc"), seeds=(0, 1), name=None, script_args="")
+    grid = dict(algos=("iql",), seeds=(0, 1), name=None, script_args="")
     small = " ".join(["--hidden-dims", "32", "32", "--batch-size", "32", "--log-every", "100", "--eval-episodes", "2"])
     monkeypatch.setattr(run, "cell_settings", with_small_networks(run.cell_settings, small))
     run.main(small_grid(tiny_hopper, tmp_path / "here", vmap_seeds=False, **grid))
     jobs = run.main(local_jobs(tiny_hopper, tmp_path / "jobs", **grid))
-    assert len(jobs) == 2 and all(job.state == "FINISHED" for job in jobs)  # one job per algorithm, both seeds in it
+    assert len(jobs) == 1 and jobs[0].state == "FINISHED"  # one job per cell, both seeds in it
 
     here, there = tmp_path / "here" / "results" / tiny_hopper, tmp_path / "jobs" / "results" / tiny_hopper
     names = sorted(path.name for path in here.iterdir())
-    assert names == sorted(path.name for path in there.iterdir()) and len(names) == 8
+    assert names == sorted(path.name for path in there.iterdir()) and len(names) == 4
     for name in names:
         if name.endswith(".csv"):
             assert evaluations_without_time(here / name) == evaluations_without_time(there / name)
         else:
             assert record_without_time(here / name) == record_without_time(there / name)
-    assert report.load_cells(tmp_path / "jobs" / "results").keys() == {(tiny_hopper, "iql"), (tiny_hopper, "td3_bc")}
+    assert report.load_cells(tmp_path / "jobs" / "results").keys() == {(tiny_hopper, "iql")}
 
     def no_submission(*args, **kwargs):
         raise AssertionError("a finished grid submitted a job")
@@ -66,10 +66,9 @@ def test_local_executor_jobs_record_what_the_local_launcher_records_and_a_rerun_
     monkeypatch.setattr(submitit, "AutoExecutor", no_submission)
     capsys.readouterr()
     assert run.main(local_jobs(tiny_hopper, tmp_path / "jobs", **grid)) == []
-    assert "4 of 4 runs already done; 0 to go" in capsys.readouterr().out
+    assert "2 of 2 runs already done; 0 to go" in capsys.readouterr().out
     run.main(local_jobs(tiny_hopper, tmp_path / "jobs", status=True, **grid))
-    assert capsys.readouterr().out.splitlines() == [f"{tiny_hopper}__iql: done (seeds 0, 1)",
-                                                    f"{tiny_hopper}__td3_bc: done (seeds 0, 1)"]
+    assert capsys.readouterr().out.splitlines() == [f"{tiny_hopper}__iql: done (seeds 0, 1)"]
 
 
 def with_small_networks(cell_settings, flags: str):

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import report, run
 from common.checkpoints import save_checkpoint
-from tests.test_benchmark_runner import small_grid
+from tests.helpers import small_grid, write_cell
 
 
 def fake_sweep_script(launched: list):
@@ -132,8 +132,6 @@ def test_sensitivity_figure_draws_final_score_against_value_per_dataset_with_the
 
 
 def test_report_writes_a_sensitivity_section_and_keeps_sweeps_out_of_the_grid_tables(tmp_path):
-    from tests.test_benchmark_runner import write_cell
-
     synthetic_sweep(tmp_path / "results")
     write_cell(tmp_path / "results", "td3_bc", 0, [10, 30])  # the plain cell of the same name
     readme = tmp_path / "README.md"

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import diagnose
 from benchmarks.algorithms import load_algorithm
 from common.checkpoints import read_checkpoint
 from common.experiment import compile_chunk, init_states, run_labels, sweep
@@ -79,7 +80,7 @@ def test_a_nonfinite_loss_names_its_combination(tmp_path):
         stop_if_nonfinite(metrics, 100, labels, lambda: tmp_path / "nonfinite.msgpack")
 
 
-def test_cli_sweep_logs_and_evaluates_every_combination_and_its_checkpoint(tiny_hopper, tmp_path):
+def test_cli_sweep_logs_and_evaluates_every_combination_and_its_checkpoint(tiny_hopper, tmp_path, capsys):
     flags = ["--env-id", tiny_hopper, "--expectile", "0.6", "0.8", "--num-seeds", "2", "--seed", "5", *CLI_SMALL]
     out = run_script("iql.py", *flags, "--total-steps", "200", "--eval-every", "200", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -101,6 +102,11 @@ def test_cli_sweep_logs_and_evaluates_every_combination_and_its_checkpoint(tiny_
     assert again.returncode == 0, again.stderr
     trained = [line for line in out.stdout.splitlines() if line.startswith("expectile ")]
     assert [line for line in again.stdout.splitlines() if line.startswith("expectile ")] == trained
+
+    diagnose.main(diagnose.Args("iql", run_dir / "final.msgpack", episodes=1))  # state by state, named
+    diagnosis = capsys.readouterr().out
+    for label in ("expectile 0.6, seed 5", "expectile 0.6, seed 6", "expectile 0.8, seed 5", "expectile 0.8, seed 6"):
+        assert f"{label} (update 200):\n  episode 0: return" in diagnosis
 
 
 def test_a_resumed_sweep_takes_the_same_updates_as_one_never_stopped(tiny_hopper, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from common import datasets, experiment
 from common.checkpoints import read_checkpoint, save_checkpoint
 from common.evaluation import make_env, run_episodes
 from tests.bounded_envs import make_dataset, pendulum_torque
-from tests.cli import CLI_SMALL, REPO, run_script
+from tests.cli import CLI_SMALL, REPO, refusal, run_script
 from tests.helpers import SMALL_RUN, assert_trees_equal, random_batch
 
 
@@ -43,10 +43,18 @@ def test_same_seed_same_losses(script):
     (["--env-id", "hopper-mediun"], "Did you mean 'hopper-medium'"),
     (["--eval-only", "--checkpoint", "missing.msgpack"], "no checkpoint at missing.msgpack"),
 ])
-def test_bad_shared_flags_are_one_clear_line(script, args, message, minari_store, tmp_path):
-    out = run_script(f"{script}.py", *args, cwd=tmp_path)
-    assert out.returncode != 0
-    assert message in out.stderr and "Traceback" not in out.stderr
+def test_bad_shared_flags_are_one_clear_line(script, args, message, minari_store, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    said = refusal(script, *args, capsys=capsys)
+    assert said.startswith("error: ") and message in said and "\n" not in said
+
+
+@pytest.mark.parametrize("script", ALGORITHMS)
+def test_a_refused_flag_on_the_command_line_is_one_line_without_a_traceback(script, minari_store, tmp_path):
+    out = run_script(f"{script}.py", "--batch-size", "-1", cwd=tmp_path)
+    assert out.returncode != 0 and out.stdout == ""
+    assert out.stderr.strip().splitlines()[-1] == "error: --batch-size must be positive, got -1"
+    assert "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("script", ALGORITHMS)
@@ -326,7 +334,7 @@ def test_senseless_algorithm_values_are_refused(script, flags, message, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-def test_graceful_interrupt_gives_ctrl_c_back_when_the_loop_ends():
+def test_graceful_interrupt_gives_ctrl_c_back_when_the_loop_ends(ctrl_c_raises):
     from common.guards import GracefulInterrupt
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
