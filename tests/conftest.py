@@ -1,3 +1,5 @@
+import json
+import shutil
 import signal
 
 import pytest
@@ -12,17 +14,32 @@ def minari_store(tmp_path, monkeypatch):
     return store
 
 
-@pytest.fixture
-def tiny_hopper(minari_store, tmp_path, monkeypatch):
-    """A 2000-step hopper-random stand-in in the temporary store, with made-up reference scores."""
-    import json
+TINY_REFERENCE_SCORES = {"Hopper-v5": {"random": -20.0, "expert": 3000.0}}  # made up: only their use is tested
 
+
+@pytest.fixture(scope="session")
+def tiny_hopper_built(tmp_path_factory):
+    """A store holding the 2000-step hopper-random stand-in, built once per test session (it takes seconds)."""
     from benchmarks import make_datasets
 
+    store, refs = tmp_path_factory.mktemp("tiny_hopper_store"), tmp_path_factory.mktemp("refs") / "scores.json"
+    refs.write_text(json.dumps(TINY_REFERENCE_SCORES))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINARI_DATASETS_PATH", str(store))
+        patch.setattr(make_datasets, "REFERENCE_SCORES", refs)
+        make_datasets.build_dataset("offrl-standin/hopper/random-v0", num_steps=2000, seed=0)
+    return store
+
+
+@pytest.fixture
+def tiny_hopper(minari_store, tiny_hopper_built, tmp_path, monkeypatch):
+    """A 2000-step hopper-random stand-in, a fresh copy in the temporary store, with made-up reference scores."""
+    from benchmarks import make_datasets
+
+    shutil.copytree(tiny_hopper_built, minari_store, dirs_exist_ok=True)
     refs = tmp_path / "reference_scores.json"
-    refs.write_text(json.dumps({"Hopper-v5": {"random": -20.0, "expert": 3000.0}}))
+    refs.write_text(json.dumps(TINY_REFERENCE_SCORES))
     monkeypatch.setattr(make_datasets, "REFERENCE_SCORES", refs)
-    make_datasets.build_dataset("offrl-standin/hopper/random-v0", num_steps=2000, seed=0)
     return "hopper-random"
 
 
