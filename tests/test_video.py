@@ -10,7 +10,7 @@ import imageio.v3 as iio
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import iql
@@ -146,3 +146,26 @@ def test_video_every_records_the_first_evaluation_after_each_multiple_and_the_la
 def test_a_negative_video_every_is_one_clear_line():
     with pytest.raises(SystemExit, match=r"^error: --video-every must be >= 0 \(0: every evaluation\), got -1$"):
         iql.check_args(iql.Args(capture_video=True, video_every=-1))
+
+
+def test_the_animation_shows_trained_checkpoints_side_by_side(tiny_hopper, tmp_path, monkeypatch, gl_backend, capsys):
+    from benchmarks import behavior_video
+
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1):
+        iql.main(iql.Args(env_id=tiny_hopper, seed=seed, **SMALL_RUN))
+    checkpoints = tuple(sorted((tmp_path / "runs").glob("*/final.msgpack")))
+    out = tmp_path / "two.webp"
+    behavior_video.main(behavior_video.Args(checkpoints=checkpoints, labels=("A", "B"), seconds=1.0, out=out))
+    printed = capsys.readouterr().out
+    assert "A: return" in printed and "B: return" in printed
+    with Image.open(out) as animation:  # WebP merges repeated frames (a fallen policy's), so count their time
+        assert animation.size == (320, 160)  # two panels side by side
+        durations = []
+        for frame in ImageSequence.Iterator(animation):
+            frame.load()  # Pillow reads a WebP frame's duration as it decodes it
+            durations.append(frame.info["duration"])
+    frame_ms = round(1000 / behavior_video.Args.fps)
+    assert sum(durations) == (int(1.0 * behavior_video.Args.fps) + 1) * frame_ms  # a simulated second, padded
+    with pytest.raises(SystemExit, match="^error: --labels needs one label per checkpoint"):
+        behavior_video.main(behavior_video.Args(checkpoints=checkpoints, labels=("A",), out=out))
