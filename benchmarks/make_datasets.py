@@ -30,6 +30,7 @@ import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -459,11 +460,12 @@ def write_summary():
         first, m = measure_load(dataset_id), measure_load(dataset_id)
         rows[dataset_id] = (f"| {dataset_id} | {m['episodes']} | {m['steps']} | {m['mean']:.1f} | {m['min']:.1f} | "
                             f"{m['max']:.1f} | {m['normalized']:.1f} | {build} | {first['seconds']:.1f} s, "
-                            f"{first['rss_mb']:.0f} MB | {m['seconds']:.1f} s, {m['rss_mb']:.0f} MB |")
+                            f"{first['rss_mb']:.0f} MB | {m['seconds']:.1f} s, {m['rss_mb']:.0f} MB | {machine()} |")
     SUMMARY.write_text(
         "# Stand-in datasets\n\nBuilt with `python -m benchmarks.make_datasets NAME` (seed 0, 1M steps unless noted; "
         "medium-expert is medium + expert) and tabulated with `python -m benchmarks.make_datasets --summary`\n"
-        f"on {machine()}. Returns are undiscounted episode returns; the normalized score uses the dataset's own "
+        "(*measured on*: the machine of the build and the loads; a row keeps its figures until its dataset is "
+        "rebuilt and tabulated again). Returns are undiscounted episode returns; the normalized score uses the dataset's own "
         "reference scores. *build*: the build's wall time and how it was made, as recorded in the dataset's "
         "metadata (the read-back after it is not counted). The last two columns are `load_dataset` in a fresh "
         "process, wall time and peak RSS: the first load reads every episode and caches flat arrays beside the "
@@ -471,21 +473,26 @@ def write_summary():
         "statistics, not the bits (the policy's arithmetic differs in the last bits there, and the trajectories "
         "drift apart). Since 2026-12-01 every episode draws its own action noise, so that any number of "
         "`--workers` gives the same data; the medium stand-ins that the grid's medium rows trained on were built "
-        "before, from one stream of noise, and a rebuild no longer reproduces their bits.\n\n"
+        "before, from one stream of noise, and a rebuild no longer reproduces their bits (what each grid run trained "
+        "on, its episodes and mean normalized return, is in its record under benchmarks/results/).\n\n"
         "| dataset | episodes | steps | mean return | min | max | mean normalized score | build | first load "
-        "| later loads |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows[k] for k in sorted(rows)) + "\n\n"
+        "| later loads | measured on |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows[k] for k in sorted(rows)) + "\n\n"
         + replay_reruns())
     print(SUMMARY.read_text())
 
 
 def earlier_rows() -> dict[str, str]:
-    """The table rows already in datasets.md, by dataset id; rows from before the build column get a '–' there."""
-    rows = {}
-    for line in SUMMARY.read_text().splitlines() if SUMMARY.exists() else []:
+    """The table rows already in datasets.md, by dataset id; rows from before the build column get a '–' there, and
+    rows from before the machine column the machine their table was measured on."""
+    rows, lines = {}, SUMMARY.read_text().splitlines() if SUMMARY.exists() else []
+    said = re.search(r"`python -m benchmarks.make_datasets --summary`\s+on (.+?)\. Returns", "\n".join(lines[:4]))
+    for line in lines:
         cells = line.strip("|").split("|")
         if line.startswith(f"| {STANDIN_NAMESPACE}/"):
             if len(cells) == 9:
                 cells.insert(7, " – ")
+            if len(cells) == 10:
+                cells.append(f" {said.group(1) if said else '–'} ")
             rows[cells[0].strip()] = "|" + "|".join(cells) + "|"
     return rows
 

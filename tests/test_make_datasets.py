@@ -88,17 +88,23 @@ def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypat
     monkeypatch.setattr(make_datasets, "SUMMARY", tmp_path / "datasets.md")
     elsewhere = "| offrl-standin/walker2d/medium-v0 | 2349 | 1000000 | 1266.2 | -25.8 | 3140.7 | 31.5 | 3.8 s, 545 MB | 0.3 s, 239 MB |"
     stale = "| offrl-standin/hopper/random-v0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 s | 8 s, 9 MB | 1 s, 2 MB |"
-    (tmp_path / "datasets.md").write_text(f"# Stand-in datasets\n\n| dataset |\n|---|\n{elsewhere}\n{stale}\n")
+    header = "Built ... tabulated with `python -m benchmarks.make_datasets --summary`\non Old Box (2 cores). Returns are"
+    (tmp_path / "datasets.md").write_text(f"# Stand-in datasets\n\n{header}\n\n| dataset |\n|---|\n{elsewhere}\n{stale}\n")
+    monkeypatch.setattr(make_datasets, "machine", lambda: "This Box (2 cores)")
     make_datasets.write_summary()
     data = load_dataset("offrl-standin/hopper/random-v0")
     row, kept = [line for line in (tmp_path / "datasets.md").read_text().splitlines() if "| offrl-standin" in line]
-    assert kept == elsewhere.replace("| 31.5 | 3.8 s", "| 31.5 | – | 3.8 s")  # not in this store: kept, no build
+    # not in this store: kept, with no build and the machine its old table said
+    assert kept == elsewhere.replace("| 31.5 | 3.8 s", "| 31.5 | – | 3.8 s") + " Old Box (2 cores) |"
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:4] == ["offrl-standin/hopper/random-v0", str(len(data.episode_returns)), "300",
                          f"{data.episode_returns.mean():.1f}"]
     assert cells[6] == f"{data.normalized_score(data.episode_returns).mean():.1f}"
     assert cells[7].endswith(" s, collected by 2 workers")  # the build, from the dataset's metadata
     assert cells[8].endswith("MB") and cells[9].endswith("MB")  # first load, then a load from the cache
+    assert cells[10] == "This Box (2 cores)"
+    make_datasets.write_summary()  # a table with the machine column keeps its rows as they are
+    assert kept in (tmp_path / "datasets.md").read_text().splitlines()
 
 
 @pytest.mark.parametrize("quality", ["random", "medium"])  # medium: the committed policy, run in each worker
