@@ -89,9 +89,8 @@ class Run:
     def finish(self, state, step: int, interrupted: bool):
         path = self.save("final.msgpack", state, step)
         print(f"{'interrupted' if interrupted else 'done'} at update {step}; checkpoint {path}")
-        for _, writer in self.groups.values():
-            writer.close()
-        self.writer.close()
+        for writer in {self.writer, *(writer for _, writer in self.groups.values())}:
+            writer.close()  # each once: without a sweep the one group writes through the run's own writer
 
     def _drop_evaluations_after(self, step: int):
         path = self.dir / "evaluations.csv"

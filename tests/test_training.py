@@ -344,3 +344,15 @@ def test_graceful_interrupt_gives_ctrl_c_back_when_the_loop_ends(ctrl_c_raises):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     with pytest.raises(KeyboardInterrupt):  # after: Ctrl-C means what it meant before (a test run, a notebook)
         signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("sweep", [{}, {"expectile": (0.6, 0.8)}])
+def test_the_run_closes_each_tensorboard_writer_once(sweep, tiny_hopper, tmp_path, monkeypatch):
+    import common.logger
+    import iql
+
+    closed = []
+    monkeypatch.setattr(common.logger.SummaryWriter, "close", lambda writer: closed.append(id(writer)))
+    monkeypatch.chdir(tmp_path)
+    iql.main(iql.Args(env_id=tiny_hopper, **SMALL_RUN, **sweep))
+    assert len(closed) == len(set(closed)) == (1 if not sweep else 3)  # a sweep: the run's and one per value
