@@ -179,6 +179,10 @@ def make_iql(args: Args, obs_dim: int, action_dim: int) -> IQL:
 
 
 def check_args(args: Args):
+    unused = "bc_alpha" if args.actor_loss == "awr" else "beta"  # the other actor's strength
+    if isinstance(getattr(args, unused), tuple) and len(set(getattr(args, unused))) > 1:
+        raise SystemExit(f"error: --{unused.replace('_', '-')} does not enter --actor-loss {args.actor_loss}'s "
+                         f"training, so sweeping it would train the same policy once per value")
     check_experiment_args(args, lambda a: [  # a: args with one value of each swept flag
         (not 0.5 <= a.expectile < 1, f"--expectile must be in [0.5, 1), got {a.expectile}"),
         (not a.beta >= 0, f"--beta must be >= 0, got {a.beta}"),

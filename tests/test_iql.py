@@ -153,3 +153,11 @@ def test_bad_values_are_one_clear_line(args, message, minari_store, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     said = refusal("iql.py", *args, capsys=capsys)
     assert message in said and "\n" not in said
+
+
+@pytest.mark.parametrize("args, flag", [(["--bc-alpha", "1", "5"], "--bc-alpha"),
+                                        (["--actor-loss", "ddpg_bc", "--beta", "1", "10"], "--beta")])
+def test_sweeping_the_other_actors_strength_is_refused(args, flag, minari_store, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    said = refusal("iql.py", *args, capsys=capsys)
+    assert said.startswith(f"error: {flag} does not enter --actor-loss ") and "same policy once per value" in said
