@@ -59,7 +59,7 @@ def panel(frame: np.ndarray, size: int, text: str) -> Image.Image:
 
 
 def checkpoint_policy(path: Path):
-    """(its first state's deterministic policy, the environment it records, its reference scores) of a checkpoint."""
+    """(its algorithm, its first state's deterministic policy, the environment it records, its reference scores)."""
     try:
         meta, _ = read_checkpoint(path)
     except ValueError as e:
@@ -74,7 +74,8 @@ def checkpoint_policy(path: Path):
     env.close()
     states, _ = load_checkpoint(path, init_states(agent.init, trained), meta["algorithm"])
     state = states if len(run_labels(trained)) == 1 else jax.tree.map(lambda x: x[0], states)
-    return (lambda obs: agent.policy(state, obs)), env_spec, (meta["ref_min_score"], meta["ref_max_score"])
+    return (meta["algorithm"], lambda obs: agent.policy(state, obs), env_spec,
+            (meta["ref_min_score"], meta["ref_max_score"]))
 
 
 def policies(args: Args):
@@ -83,9 +84,8 @@ def policies(args: Args):
         if args.labels and len(args.labels) != len(args.checkpoints):
             raise SystemExit(f"error: --labels needs one label per checkpoint ({len(args.checkpoints)})")
         for i, path in enumerate(args.checkpoints):
-            policy, env_spec, references = checkpoint_policy(path)
-            label = args.labels[i] if args.labels else read_checkpoint(path)[0]["algorithm"]
-            yield label, policy, env_spec, references
+            algorithm, policy, env_spec, references = checkpoint_policy(path)
+            yield args.labels[i] if args.labels else algorithm, policy, env_spec, references
         return
     references = json.loads(REFERENCE_SCORES.read_text())[ENVS[args.env]]
     for quality in args.qualities:
