@@ -252,6 +252,19 @@ def print_status(args, cells: list[dict]):
     for key, seeds in by_cell([(settings, run.record_path(args, settings)) for settings in cells]).items():
         states = defaultdict(list)
         for settings, out in seeds:
-            states[seed_state(settings, out, jobs_now.get(key))].append(settings["seed"])
-        parts = [f"{state} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})" for state, s in states.items()]
-        print(f"{key}: " + "; ".join(parts))
+            states[seed_state(settings, out, jobs_now.get(key))].append(settings)
+        print(f"{key}: " + "; ".join(f"{state} ({which_runs(runs)})" for state, runs in states.items()))
+
+
+def which_runs(runs: list[dict]) -> str:
+    """The runs of a status line: "seeds 0, 1", or a sweep cell's "alpha 1, 2.5 x seeds 0, 1" (run by run if the
+    values and seeds do not make a full grid)."""
+    seeds = sorted({settings["seed"] for settings in runs})
+    plural = "s" if len(seeds) > 1 else ""
+    if "sweep" not in runs[0]:
+        return f"seed{plural} {', '.join(map(str, seeds))}"
+    flag = runs[0]["sweep"]["flag"]
+    values = sorted({settings["sweep"]["value"] for settings in runs})
+    if len(values) * len(seeds) == len(runs):
+        return f"{flag} {', '.join(f'{v:g}' for v in values)} x seed{plural} {', '.join(map(str, seeds))}"
+    return ", ".join(f"{flag} {settings['sweep']['value']:g} seed {settings['seed']}" for settings in runs)

@@ -1,12 +1,13 @@
 """Sweep cells: benchmarks/run.py --sweep (one program for a cell's values) and report.py's sensitivity figure."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import report, run
+from benchmarks import report, run, slurm
 from common.checkpoints import save_checkpoint
 from tests.helpers import small_grid, write_cell
 
@@ -63,6 +64,15 @@ def test_a_sweep_cell_trains_its_values_in_one_program_and_records_each(vmap_see
 
     run.main(grid)  # all recorded: nothing is launched again
     assert len(launched) == len(programs) and "4 of 4 runs already done; 0 to go" in capsys.readouterr().out
+    run.main(dataclasses.replace(grid, status=True))
+    assert capsys.readouterr().out.splitlines() == ["hopper-medium__small_iql: done (expectile 0.6, 0.9 x seeds 0, 1)"]
+
+
+def test_status_names_a_sweep_cells_runs_one_by_one_where_they_are_not_a_full_grid():
+    runs = [run.with_value({"seed": seed, "command": "python td3_bc.py"}, "alpha", value) for seed, value in ((0, "1"), (0, "2.5"), (1, "2.5"))]
+    assert slurm.which_runs(runs) == "alpha 1 seed 0, alpha 2.5 seed 0, alpha 2.5 seed 1"
+    assert slurm.which_runs(runs[1:]) == "alpha 2.5 x seeds 0, 1"
+    assert slurm.which_runs([{"seed": 3}]) == "seed 3"
 
 
 def test_only_seeds_with_the_same_values_to_go_share_a_program():
