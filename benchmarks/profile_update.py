@@ -143,13 +143,14 @@ def table(result: dict, top: int) -> str:
     lines = [f"| {r['line'] or ''} | `{r['source'][:90]}` | {r['us_per_update']} | {100 * r['share']:.1f}% | "
              f"{r['matmul_us_per_update']} |" for r in shown]
     if rest:
-        lines.append(f"| | {len(rest)} more lines | {sum(r['us_per_update'] for r in rest):.1f} | "
-                     f"{100 * sum(r['share'] for r in rest):.1f}% | {sum(r['matmul_us_per_update'] for r in rest):.1f} |")
+        us, share, matmul = (sum(r[k] for r in rest) for k in ("us_per_update", "share", "matmul_us_per_update"))
+        lines.append(f"| | {len(rest)} more lines | {us:.1f} | {100 * share:.1f}% | {matmul:.1f} |")
     return (f"## {result['algorithm']} ({result['file']})\n\n"
             f"Wall time {result['wall_ms_per_update']} ms per update; the operations' own times add up to "
             f"{result['operation_ms_per_update']} ms ({result['operations_per_update']} distinct operations, "
             f"{100 * result['matmul_share']:.0f}% of their time in matrix products).\n\n"
-            "| line | source | µs/update | share | of it in matmuls |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+            "| line | source | µs/update | share | of it in matmuls |\n|---|---|---|---|---|\n"
+            + "\n".join(lines) + "\n")
 
 
 @dataclass

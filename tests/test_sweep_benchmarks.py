@@ -69,7 +69,8 @@ def test_a_sweep_cell_trains_its_values_in_one_program_and_records_each(vmap_see
 
 
 def test_status_names_a_sweep_cells_runs_one_by_one_where_they_are_not_a_full_grid():
-    runs = [run.with_value({"seed": seed, "command": "python td3_bc.py"}, "alpha", value) for seed, value in ((0, "1"), (0, "2.5"), (1, "2.5"))]
+    runs = [run.with_value({"seed": seed, "command": "python td3_bc.py"}, "alpha", value)
+            for seed, value in ((0, "1"), (0, "2.5"), (1, "2.5"))]
     assert slurm.which_runs(runs) == "alpha 1 seed 0, alpha 2.5 seed 0, alpha 2.5 seed 1"
     assert slurm.which_runs(runs[1:]) == "alpha 2.5 x seeds 0, 1"
     assert slurm.which_runs([{"seed": 3}]) == "seed 3"
