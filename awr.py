@@ -188,7 +188,8 @@ def main(args: Args):
     state = init_states(awr.init, args)  # with several seeds or swept values: their states, stacked
     train_chunk = compile_chunk(make_awr, args, *dims)  # one program for all: seeds x swept values
     labels = run_labels(args)  # what each trained state is: its seed, and its values of the swept flags
-    evaluate = make_evaluator(awr.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes)
+    evaluate = make_evaluator(awr.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes,
+                              workers=args.eval_workers)
     run, state, step = start_run(args, "awr", state, data)  # a new run directory, or the resumed checkpoint's
     with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after
         bar = tqdm(total=args.total_steps, initial=step, desc="awr", unit="update", smoothing=0.1)

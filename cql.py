@@ -234,7 +234,8 @@ def main(args: Args):
     state = init_states(cql.init, args)  # with several seeds or swept values: their states, stacked
     train_chunk = compile_chunk(make_cql, args, *dims)  # one program for all: seeds x swept values
     labels = run_labels(args)  # what each trained state is: its seed, and its values of the swept flags
-    evaluate = make_evaluator(cql.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes)
+    evaluate = make_evaluator(cql.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes,
+                              workers=args.eval_workers)
     run, state, step = start_run(args, "cql", state, data)  # a new run directory, or the resumed checkpoint's
     with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after
         bar = tqdm(total=args.total_steps, initial=step, desc="cql", unit="update", smoothing=0.1)

@@ -260,7 +260,8 @@ def main(args: Args):
     state = init_states(lambda key: td3_bc.init(key)._replace(obs_mean=obs_mean, obs_std=obs_std), args)
     train_chunk = compile_chunk(make_td3_bc, args, *dims)  # one program for all: seeds x swept values
     labels = run_labels(args)  # what each trained state is: its seed, and its values of the swept flags
-    evaluate = make_evaluator(td3_bc.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes)
+    evaluate = make_evaluator(td3_bc.policy, data.env_spec, data.ref_scores, len(labels), args.eval_episodes,
+                              workers=args.eval_workers)
     run, state, step = start_run(args, "td3_bc", state, data)  # a new run directory, or the resumed checkpoint's
     actor_rows = slice(policy_delay(args) - 1, None, policy_delay(args))  # the updates that moved the actor
     with GracefulInterrupt() as interrupt:  # Ctrl-C means stop-and-save inside, as usual after

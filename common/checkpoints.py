@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 # Flags that may differ when a run is resumed: none of them changes the updates.
-RESUMABLE_CHANGES = {"checkpoint", "eval_only", "exp_name", "eval_every", "eval_episodes", "save_every",
-                     "capture_video", "video_every"}
+RESUMABLE_CHANGES = {"checkpoint", "eval_only", "exp_name", "eval_every", "eval_episodes", "eval_workers",
+                     "save_every", "capture_video", "video_every"}
 
 
 def settings(args) -> dict:

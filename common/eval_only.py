@@ -61,8 +61,10 @@ def evaluate_checkpoint(args, algorithm: str, make_agent):
         raise SystemExit(f"error: {e}")
     print(f"evaluating {args.checkpoint} (update {meta['step']}, trained on {meta.get('dataset_id')}) in {env_spec.id}")
     labels = run_labels(trained)  # its seeds and swept values
-    returns, scores, videos = make_evaluator(agent.policy, env_spec, ref_scores, len(labels), args.eval_episodes,
-                                             rescale)(state, record=args.capture_video)
+    evaluate = make_evaluator(agent.policy, env_spec, ref_scores, len(labels), args.eval_episodes, rescale,
+                              workers=args.eval_workers)
+    returns, scores, videos = evaluate(state, record=args.capture_video)
+    evaluate.close()
     print("\n".join(eval_lines(labels, meta["step"], returns, scores)))
     if videos:  # beside the checkpoint, named apart from the videos its training run wrote
         paths = write_videos(Path(args.checkpoint).parent / "videos", f"eval_only_update_{meta['step']}", videos, labels)

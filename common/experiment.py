@@ -45,6 +45,9 @@ class ExperimentArgs:
     """updates between two evaluations (a multiple of --log-every)"""
     eval_episodes: int = 10
     """deterministic evaluation episodes; episode i starts from reset(seed=10000 + i)"""
+    eval_workers: int | None = None
+    """processes that step the evaluation episodes side by side, with the same returns (default: one per 16 of
+    the seeds' episodes, at most one per core but one; 1: all in this process)"""
     save_every: int = 0
     """updates between two checkpoints (0: only the final one); a multiple of --log-every"""
     eval_only: bool = False
@@ -83,6 +86,8 @@ def check_experiment_args(args, algorithm_problems=lambda args: ()):
                        or args.save_every % args.log_every),
          f"--total-steps, --eval-every and --save-every must be multiples of --log-every ({args.log_every})"),
         (args.eval_every <= 0 or args.eval_episodes <= 0, "--eval-every and --eval-episodes must be positive"),
+        (args.eval_workers is not None and args.eval_workers < 1,
+         f"--eval-workers must be >= 1 (1: step every episode in this process), got {args.eval_workers}"),
         (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
         (args.video_every < 0, f"--video-every must be >= 0 (0: every evaluation), got {args.video_every}"),
         (args.num_seeds <= 0, f"--num-seeds must be positive, got {args.num_seeds}"),

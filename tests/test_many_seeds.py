@@ -1,5 +1,7 @@
 """--num-seeds N: N training states updated by one vmapped program, each exactly as its own single run."""
 
+import os
+import signal
 from functools import partial
 
 import jax
@@ -8,7 +10,7 @@ import pytest
 
 from benchmarks import diagnose
 from benchmarks.algorithms import ALGORITHMS, load_algorithm
-from common.evaluation import run_episodes
+from common.evaluation import EnvWorkers, run_episodes
 from common.experiment import init_states
 from tests.cli import CLI_SMALL, run_script
 from tests.helpers import SMALL_RUN, random_batch
@@ -44,6 +46,26 @@ def test_repeated_episodes_start_from_the_same_states_for_every_group():
     np.testing.assert_array_equal(returns[:3], returns[3:])  # same policy, same starts: same returns
 
 
+def state_dependent_policy(obs):
+    return np.tanh(np.sin(3 * obs[:, :3])).astype(np.float32)
+
+
+def test_episodes_stepped_in_worker_processes_return_what_they_return_here_and_ignore_ctrl_c():
+    here = run_episodes(state_dependent_policy, "Hopper-v5", num_episodes=3, seed=7, repeat=2)
+    workers = EnvWorkers(2)
+    try:
+        there = run_episodes(state_dependent_policy, "Hopper-v5", num_episodes=3, seed=7, repeat=2, workers=workers)
+        np.testing.assert_array_equal(there, here)  # to the bit: the same episodes, only elsewhere
+        assert len(set(here[:3])) == 3  # episodes of different lengths and returns
+        os.kill(workers.processes[0].pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+        again = run_episodes(state_dependent_policy, "Hopper-v5", num_episodes=3, seed=7, repeat=2, workers=workers)
+        np.testing.assert_array_equal(again, here)  # the environments were reused, and reset to the same starts
+    finally:
+        processes = list(workers.processes)
+        workers.close()
+    assert not any(process.is_alive() for process in processes)
+
+
 def test_cli_trains_two_seeds_logs_each_and_evaluates_the_checkpoint(tiny_hopper, tmp_path, capsys):
     out = run_script("iql.py", "--env-id", tiny_hopper, "--total-steps", "200", "--eval-every", "200",
                      "--num-seeds", "2", "--seed", "5", *CLI_SMALL, cwd=tmp_path)
@@ -56,7 +78,8 @@ def test_cli_trains_two_seeds_logs_each_and_evaluates_the_checkpoint(tiny_hopper
     assert rows[0].startswith("step,seed,") and [r.split(",")[:2] for r in rows[1:]] == [["200", "5"], ["200", "6"]]
 
     again = run_script("iql.py", "--eval-only", "--checkpoint", str(run_dir / "final.msgpack"), "--eval-episodes", "2",
-                       cwd=tmp_path)  # its seeds and networks come from the checkpoint: no flags to repeat
+                       "--eval-workers", "2", cwd=tmp_path)  # seeds and networks come from the checkpoint
+    # (and its episodes are stepped by two worker processes, with the same returns)
     assert again.returncode == 0, again.stderr
     assert [line for line in again.stdout.splitlines() if line.startswith(("seed ", "2 seeds"))] == \
         [line for line in printed.splitlines() if line.startswith(("seed ", "2 seeds"))]  # as when it was trained

@@ -42,6 +42,7 @@ def test_same_seed_same_losses(script):
     (["--total-steps", "150", "--log-every", "100"], "multiples of --log-every"),
     (["--env-id", "hopper-mediun"], "Did you mean 'hopper-medium'"),
     (["--eval-only", "--checkpoint", "missing.msgpack"], "no checkpoint at missing.msgpack"),
+    (["--eval-workers", "0"], "--eval-workers must be >= 1"),
 ])
 def test_bad_shared_flags_are_one_clear_line(script, args, message, minari_store, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
