@@ -178,5 +178,9 @@ def make_evaluator(policy, env_spec, ref_scores: tuple, num_seeds: int, num_epis
                                rescale_actions=rescale_actions, videos=videos, workers=pool[0] if pool else None)
         returns = returns.reshape(num_seeds, num_episodes)
         return returns, [normalized_score(r.mean(), *ref_scores) for r in returns], videos
-    evaluate.close = lambda: pool and pool.pop().close()  # the workers also end with this process
+
+    def close():  # the workers also end with this process
+        while pool:
+            pool.pop().close()
+    evaluate.close = close
     return evaluate
