@@ -245,6 +245,8 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
                           else 0) for c, _ in cells)
         if code == 0 and steps_done < first["total_steps"]:
             raise KeyboardInterrupt  # the script alone was stopped (it saved and exited cleanly): not done
+        if code != 0 and STOPPING.is_set():
+            raise KeyboardInterrupt  # ended by the grid's stop before it could save (still starting): not a failure
     except BaseException:  # a stop, or a SLURM job's exit after its checkpoint: keep the time spent for the record
         attempt_file.write_text(json.dumps(attempt | {"wall_s": attempt["wall_s"] + time.time() - start}) + "\n")
         raise

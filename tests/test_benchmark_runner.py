@@ -139,6 +139,27 @@ def test_a_stopped_program_under_jobs_stops_the_grid_and_the_rerun_goes_on(tmp_p
     assert all("--checkpoint" in command for command in launched)  # both went on from where they stopped
 
 
+def test_a_program_the_stop_ends_before_it_saved_is_not_recorded_as_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    args = small_grid("hopper-medium", tmp_path, seeds=(0, 1), vmap_seeds=False, jobs=2)
+    half_way = fake_script(steps_reached=100)
+
+    def one_stops_and_one_is_killed_starting(command, cwd, log=None):
+        if "--seed 0" in " ".join(command):
+            return half_way(command, cwd)  # stops alone, which stops the grid
+        run.STOPPING.wait(timeout=10)
+        return -signal.SIGTERM  # the grid's SIGTERM, before the script had set up its handler
+
+    monkeypatch.setattr(run, "launch", one_stops_and_one_is_killed_starting)
+    with pytest.raises(SystemExit, match="interrupted; rerun the same command"):
+        run.main(args)
+    assert not list((tmp_path / "results").glob("*/*.json"))  # no "failed" record to block the rerun
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=200))
+    run.main(args)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "hopper-medium").glob("*.json")]
+    assert [r["outcome"] for r in records] == ["finished", "finished"]
+
+
 def test_a_stopped_grid_asks_its_script_once_to_stop_and_waits_for_it(tmp_path, ctrl_c_raises):
     script = ("import pathlib, signal, sys, time\n"
               "signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path('saved').write_text('yes'), sys.exit(0)))\n"
