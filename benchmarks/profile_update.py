@@ -2,6 +2,7 @@
 
     python -m benchmarks.profile_update                 # iql td3_bc awr: writes benchmarks/profile.md and .json
     python -m benchmarks.profile_update --algos iql --top 20
+    python -m benchmarks.profile_update --algos iql --num-seeds 1 8 32     # on a GPU: writes profile_gpu.md
 
 The jitted training chunk (the scripts' own `train_chunk`, default hyperparameters, Hopper's shapes, the
 synthetic 1M-transition dataset of benchmarks/speed.py) runs under `jax.profiler.trace`. On the CPU, XLA
@@ -13,7 +14,9 @@ both count towards the `critic.apply(...)` line that called it, an Adam step tow
 Reported per line: time per update (the operation's own time, nested operations subtracted), its share of all
 operation time, and how much of that is matrix products. Operation times add up to more than the wall time
 when XLA runs independent operations side by side on several cores; both are shown.
-CPU only: on a GPU the trace holds kernels, not XLA operations; use TensorBoard's profiler there.
+On a GPU the trace holds kernels rather than XLA operations, so there it answers another question: for 1, 8, 32
+vmapped seeds (`--num-seeds`), how long an update takes and how much of that the device spends running kernels
+(the union of its streams' kernel intervals), into profile_gpu.md. An idle device waits on the host.
 """
 
 import gzip
@@ -116,8 +119,7 @@ def profile(algo: str, log_every: int, chunks: int) -> dict:
     ops, stacks = operations(hlo), source_lines(hlo)
     times = self_times(events, ops)
     if not times:
-        raise SystemExit("error: the trace holds no XLA:CPU operations; this profile works on the CPU only "
-                         "(run with JAX_PLATFORMS=cpu)")
+        raise SystemExit("error: the trace holds no XLA:CPU operations (run with JAX_PLATFORMS=cpu)")
     code = Path(path).read_text().splitlines()
     per_line = defaultdict(lambda: {"us": 0.0, "matmul_us": 0.0, "operations": 0})
     for name, us in times.items():
@@ -136,6 +138,42 @@ def profile(algo: str, log_every: int, chunks: int) -> dict:
             "operation_ms_per_update": round(total / 1e3, 3),
             "matmul_share": round(sum(r["matmul_us"] for r in per_line.values()) / total, 3),
             "operations_per_update": len(times), "lines": rows}
+
+
+def device_profile(algo: str, log_every: int, chunks: int, num_seeds: int) -> dict:
+    """Per update of `num_seeds` vmapped seeds on an accelerator: wall time, and the time the device ran kernels."""
+    init, _, train_chunk = build(algo, log_every)
+    data = synthetic_data(jax.random.PRNGKey(1))
+    state = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), num_seeds))
+    chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)))
+    state, metrics = chunk(state, data)
+    jax.block_until_ready(metrics)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            start = time.perf_counter()
+            for _ in range(chunks):
+                state, metrics = chunk(state, data)
+                jax.block_until_ready(metrics)
+            wall = time.perf_counter() - start
+        trace = next(Path(trace_dir).rglob("*.trace.json.gz"))
+        events = json.loads(gzip.decompress(trace.read_bytes()))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    streams = {key for key, name in threads.items() if name.startswith("Stream")}  # not the derived "XLA Ops" lines
+    kernels = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                     if e.get("ph") == "X" and (e["pid"], e["tid"]) in streams)
+    if not kernels:
+        raise SystemExit(f"error: the trace has no device stream lanes (its lanes: {sorted(set(threads.values()))})")
+    busy, end = 0.0, -float("inf")  # the union of the kernel intervals, over all streams
+    for begin, finish in kernels:
+        busy += max(0.0, finish - max(begin, end))
+        end = max(end, finish)
+    updates = log_every * chunks
+    return {"algorithm": algo, "num_seeds": num_seeds, "wall_us_per_update": round(wall / updates * 1e6, 1),
+            "busy_us_per_update": round(busy / updates, 1), "busy_share": round(busy / (wall * 1e6), 3),
+            "kernels_per_update": round(len(kernels) / updates, 1),
+            "seed_updates_per_s": round(num_seeds * updates / wall, 1)}
 
 
 def table(result: dict, top: int) -> str:
@@ -162,20 +200,38 @@ class Args:
     """traced chunks, after one untraced warm-up"""
     top: int = 15
     """lines shown per algorithm; the rest are summed in one row"""
+    num_seeds: tuple[int, ...] = (1, 8, 32)
+    """on a GPU: the vmapped seed counts profiled"""
     out: Path = OUT
 
 
 def main(args: Args):
+    algos = " ".join(args.algos)
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
     if jax.default_backend() != "cpu":
-        raise SystemExit("error: this profile reads XLA:CPU's per-operation trace; run it with JAX_PLATFORMS=cpu")
-    results = [profile(algo, args.log_every, args.chunks) for algo in args.algos]
-    command = "python -m benchmarks.profile_update --algos " + " ".join(args.algos)
-    result = {"machine": machine(), "command": command, "date": time.strftime("%Y-%m-%d"), "results": results}
+        seeds = " ".join(map(str, args.num_seeds))
+        result |= {"command": f"python -m benchmarks.profile_update --algos {algos} --num-seeds {seeds}",
+                   "results": [device_profile(a, args.log_every, args.chunks, n) for a in args.algos
+                               for n in args.num_seeds]}
+        (args.out / "profile_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        rows = [f"| {r['algorithm']} | {r['num_seeds']} | {r['wall_us_per_update']} | {r['busy_us_per_update']} | "
+                f"{100 * r['busy_share']:.0f}% | {r['kernels_per_update']} | {r['seed_updates_per_s']} |"
+                for r in result["results"]]
+        text = (f"# How busy the device is during an update\n\n`{result['command']}` on {result['machine']}, "
+                f"{result['date']}; {args.chunks} traced chunks of {args.log_every} updates. Busy: the union of the "
+                "device streams' kernel intervals.\n\n| algorithm | seeds | wall µs/update | busy µs/update | busy | "
+                "kernels/update | seed-updates/s |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        (args.out / "profile_gpu.md").write_text(text)
+        print(text)
+        return
+    result |= {"command": f"python -m benchmarks.profile_update --algos {algos}",
+               "results": [profile(algo, args.log_every, args.chunks) for algo in args.algos]}
     (args.out / "profile.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = (f"# Where an update's time goes\n\n`{command}` on {result['machine']}, {result['date']}.\n"
+    text = (f"# Where an update's time goes\n\n`{result['command']}` on {result['machine']}, {result['date']}.\n"
             f"Default hyperparameters, batch 256, Hopper shapes, {args.chunks} traced chunks of {args.log_every} "
             "updates. Each XLA operation's own time is charged to the innermost line of the algorithm's file that "
-            "produced it, forward and backward together.\n\n" + "\n".join(table(r, args.top) for r in results))
+            "produced it, forward and backward together.\n\n"
+            + "\n".join(table(r, args.top) for r in result["results"]))
     (args.out / "profile.md").write_text(text)
     print(text)
 
