@@ -93,13 +93,21 @@ class EnvWorkers:
         # (not running its `if __name__ == "__main__":` block), which is why they are started once per run.
         context = multiprocessing.get_context("spawn")
         self.pipes, self.processes = [], []
-        for _ in range(count):
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_serve_envs, args=(theirs,), daemon=True)
-            process.start()
-            theirs.close()
-            self.pipes.append(ours)
-            self.processes.append(process)
+        platforms = os.environ.get("JAX_PLATFORMS")
+        os.environ["JAX_PLATFORMS"] = "cpu"  # what they inherit: a worker only steps MuJoCo, and claims no GPU
+        try:
+            for _ in range(count):
+                ours, theirs = context.Pipe()
+                process = context.Process(target=_serve_envs, args=(theirs,), daemon=True)
+                process.start()
+                theirs.close()
+                self.pipes.append(ours)
+                self.processes.append(process)
+        finally:
+            if platforms is None:
+                del os.environ["JAX_PLATFORMS"]
+            else:
+                os.environ["JAX_PLATFORMS"] = platforms
         self.shares = []
 
     def reset(self, env_id, rescale_actions: bool, seeds: list[int]) -> np.ndarray:
