@@ -95,6 +95,21 @@ def self_times(events: list[dict], names) -> dict[str, float]:
     return totals
 
 
+def traced(chunk, state, data, chunks: int) -> tuple[list[dict], float]:
+    """(the trace's events, wall seconds) of `chunks` calls of `chunk`, after one untraced warm-up call."""
+    state, metrics = chunk(state, data)
+    jax.block_until_ready(metrics)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            start = time.perf_counter()
+            for _ in range(chunks):
+                state, metrics = chunk(state, data)
+                jax.block_until_ready(metrics)
+            wall = time.perf_counter() - start
+        events = json.loads(gzip.decompress(next(Path(trace_dir).rglob("*.trace.json.gz")).read_bytes()))
+    return (events["traceEvents"] if isinstance(events, dict) else events), wall
+
+
 def profile(algo: str, log_every: int, chunks: int) -> dict:
     script = VARIANTS.get(algo, (algo, {}))[0]
     path = str(Path(load_algorithm(script)[0].__file__).resolve())
@@ -103,18 +118,7 @@ def profile(algo: str, log_every: int, chunks: int) -> dict:
     state = init(jax.random.PRNGKey(0))
     compiled = train_chunk.lower(state, data).compile()
     hlo = compiled.as_text()
-    state, metrics = compiled(state, data)  # warm-up, outside the trace
-    jax.block_until_ready(metrics)
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            start = time.perf_counter()
-            for _ in range(chunks):
-                state, metrics = compiled(state, data)
-                jax.block_until_ready(metrics)
-            wall = time.perf_counter() - start
-        trace = next(Path(trace_dir).rglob("*.trace.json.gz"))
-        events = json.loads(gzip.decompress(trace.read_bytes()))
-    events = events["traceEvents"] if isinstance(events, dict) else events
+    events, wall = traced(compiled, state, data, chunks)
     updates = log_every * chunks
     ops, stacks = operations(hlo), source_lines(hlo)
     times = self_times(events, ops)
@@ -145,19 +149,7 @@ def device_profile(algo: str, log_every: int, chunks: int, num_seeds: int) -> di
     init, _, train_chunk = build(algo, log_every)
     data = synthetic_data(jax.random.PRNGKey(1))
     state = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), num_seeds))
-    chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)))
-    state, metrics = chunk(state, data)
-    jax.block_until_ready(metrics)
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            start = time.perf_counter()
-            for _ in range(chunks):
-                state, metrics = chunk(state, data)
-                jax.block_until_ready(metrics)
-            wall = time.perf_counter() - start
-        trace = next(Path(trace_dir).rglob("*.trace.json.gz"))
-        events = json.loads(gzip.decompress(trace.read_bytes()))
-    events = events["traceEvents"] if isinstance(events, dict) else events
+    events, wall = traced(jax.jit(jax.vmap(train_chunk, in_axes=(0, None))), state, data, chunks)
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
     streams = {key for key, name in threads.items() if name.startswith("Stream")}  # not the derived "XLA Ops" lines
