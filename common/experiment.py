@@ -47,7 +47,7 @@ class ExperimentArgs:
     """deterministic evaluation episodes; episode i starts from reset(seed=10000 + i)"""
     eval_workers: int | None = None
     """processes that step the evaluation episodes side by side, with the same returns (default: one per 16 of
-    the seeds' episodes, at most one per core but one; 1: all in this process)"""
+    the seeds' episodes, at most one per core; 1: all in this process)"""
     save_every: int = 0
     """updates between two checkpoints (0: only the final one); a multiple of --log-every"""
     eval_only: bool = False
