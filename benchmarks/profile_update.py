@@ -32,7 +32,7 @@ import jax
 import tyro
 
 from benchmarks.algorithms import load_algorithm
-from benchmarks.speed import VARIANTS, build, machine, synthetic_data
+from benchmarks.speed import VARIANTS, build, machine, synthetic_data, vmapped_chunk
 
 OUT = Path(__file__).parent
 
@@ -146,10 +146,7 @@ def profile(algo: str, log_every: int, chunks: int) -> dict:
 
 def device_profile(algo: str, log_every: int, chunks: int, num_seeds: int) -> dict:
     """Per update of `num_seeds` vmapped seeds on an accelerator: wall time, and the time the device ran kernels."""
-    init, _, train_chunk = build(algo, log_every)
-    data = synthetic_data(jax.random.PRNGKey(1))
-    state = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), num_seeds))
-    events, wall = traced(jax.jit(jax.vmap(train_chunk, in_axes=(0, None))), state, data, chunks)
+    events, wall = traced(*vmapped_chunk(algo, log_every, num_seeds), chunks)
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
     streams = {key for key, name in threads.items() if name.startswith("Stream")}  # not the derived "XLA Ops" lines

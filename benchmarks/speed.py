@@ -143,13 +143,16 @@ def measure(algo: str, log_every: int, seconds: float, peak: float) -> dict:
     }
 
 
+def vmapped_chunk(algo: str, log_every: int, num_seeds: int):
+    """(the jitted chunk that trains `num_seeds` stacked states at once, as --num-seeds does, those states, the data)."""
+    init, _, train_chunk = build(algo, log_every)
+    state = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), num_seeds))
+    return jax.jit(jax.vmap(train_chunk, in_axes=(0, None))), state, synthetic_data(jax.random.PRNGKey(1))
+
+
 def measure_seeds(algo: str, log_every: int, seconds: float, num_seeds: int) -> float:
     """Seed-updates/s of `num_seeds` states trained by one vmapped chunk (the scripts' --num-seeds)."""
-    init, _, train_chunk = build(algo, log_every)
-    data = synthetic_data(jax.random.PRNGKey(1))
-    state = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), num_seeds))
-    chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)))
-    return num_seeds * log_every / median_chunk_seconds(chunk, state, data, seconds)
+    return num_seeds * log_every / median_chunk_seconds(*vmapped_chunk(algo, log_every, num_seeds), seconds)
 
 
 def machine() -> str:
