@@ -144,7 +144,7 @@ def measure(algo: str, log_every: int, seconds: float, peak: float) -> dict:
 
 
 def vmapped_chunk(algo: str, log_every: int, num_seeds: int):
-    """(the jitted chunk that trains `num_seeds` stacked states at once, as --num-seeds does, those states, the data)."""
+    """(the jitted chunk that trains `num_seeds` stacked states at once as --num-seeds does, the states, the data)."""
     init, _, train_chunk = build(algo, log_every)
     state = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), num_seeds))
     return jax.jit(jax.vmap(train_chunk, in_axes=(0, None))), state, synthetic_data(jax.random.PRNGKey(1))
