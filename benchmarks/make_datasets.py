@@ -132,7 +132,7 @@ def build_dataset(dataset_id: str, num_steps: int = 1_000_000, seed: int = 0, fo
             method = "combined from its parts (built before)"
         else:
             if quality == "medium-replay":
-                episodes, method = medium_replay(env)
+                episodes, method = medium_replay(env, workers)
             else:
                 episodes = collect(env, quality, num_steps, seed, workers)
             with warnings.catch_warnings():
@@ -257,13 +257,14 @@ RECORDED_ACTIONS = "replay_actions.npz"
 STOPPED_RECORDING = "replay_stopped"  # a recording stopped before its end, small enough to commit and go on elsewhere
 
 
-def medium_replay(env: str) -> tuple[list, str]:
+def medium_replay(env: str, workers: int = 1) -> tuple[list, str]:
     """The medium-replay episodes of `env`, and how they were made: replayed from the committed actions of the
     recording where they exist (seconds), else recorded by rerunning the behaviour training (about an hour),
     which writes those actions for committing."""
     recorded = BEHAVIOR_DIR / env / RECORDED_ACTIONS
     if recorded.exists():
-        episodes, method = replay_actions(env, recorded), f"replayed from {RECORDED_ACTIONS}"
+        episodes = replay_actions(env, recorded, workers)
+        method = f"replayed from {RECORDED_ACTIONS} by {workers} worker{'s' if workers > 1 else ''}"
     else:
         episodes, method = record_replay(env), "recorded by rerunning the behaviour training"
         save_actions(recorded, episodes)
@@ -399,30 +400,44 @@ def save_actions(path: Path, episodes: list):
     print(f"[data] wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): commit it, and later builds replay it")
 
 
-def replay_actions(env: str, path: Path) -> list:
-    """A recording's episodes, rebuilt by stepping the environment through its saved actions. Stops with an
-    error where this machine's simulator does not reproduce the recorded observations bit for bit."""
+def replay_actions(env: str, path: Path, workers: int = 1) -> list:
+    """A recording's episodes, rebuilt by stepping the environment through its saved actions, by `workers`
+    processes side by side (each episode starts from its own reset seed, so any number gives the same bits).
+    Stops with an error where this machine's simulator does not reproduce the recorded observations bit for bit."""
     with np.load(path, allow_pickle=False) as saved:
         recorded = {k: saved[k] for k in saved.files}
-    sim = gym.make(ENVS[env])
-    diverged = DatasetError(f"Replaying {path} did not reproduce the recorded observations and rewards bit for bit "
-                            f"(the simulator's arithmetic differs on this machine). Delete {path} and build again "
-                            f"to record afresh, about an hour.")
-    episodes, begin = [], 0
-    for i, (length, seed, terminal) in enumerate(zip(recorded["lengths"], recorded["seeds"], recorded["terminal"])):
-        actions = recorded["actions"][begin:begin + length]
-        observations, rewards = [sim.reset(seed=int(seed))[0]], []
+    lengths = recorded["lengths"]
+    jobs = [(i, int(seed), bool(terminal), recorded["actions"][begin:begin + length]) for i, (begin, length, seed, terminal)
+            in enumerate(zip(np.cumsum(lengths) - lengths, lengths, recorded["seeds"], recorded["terminal"]))]
+    if workers == 1:
+        episodes = _replay_block(jobs, env)
+    else:  # contiguous blocks of about equal steps, so the episodes come back in their order
+        ends = np.cumsum(lengths)
+        bounds = [0, *np.searchsorted(ends, np.linspace(0, ends[-1], workers + 1)[1:-1]).tolist(), len(jobs)]
+        blocks = [jobs[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+        with _environ({"JAX_PLATFORMS": "cpu"}), ProcessPoolExecutor(
+                workers, multiprocessing.get_context("spawn")) as pool:  # spawn: JAX must not be forked
+            episodes = [e for block in pool.map(_replay_block, blocks, [env] * len(blocks)) for e in block]
+    if any(e is None for e in episodes) or _checksum(episodes) != str(recorded["checksum"]):
+        raise DatasetError(f"Replaying {path} did not reproduce the recorded observations and rewards bit for bit "
+                           f"(the simulator's arithmetic differs on this machine). Delete {path} and build again "
+                           f"to record afresh, about an hour.")
+    return episodes
+
+
+def _replay_block(jobs: list, env: str) -> list:
+    """Replay episodes (index, reset seed, ends terminated, actions); None for one whose ending differs."""
+    sim, episodes = gym.make(ENVS[env]), []
+    for i, seed, terminal, actions in jobs:
+        observations, rewards = [sim.reset(seed=seed)[0]], []
         for t, action in enumerate(actions):
             obs, reward, terminated, _, _ = sim.step(action)
             observations.append(obs)
             rewards.append(reward)
-            if terminated != (terminal and t == length - 1):
-                raise diverged
-        episodes.append(_episode_buffer(i, int(seed), np.array(observations, np.float32), actions,
-                                        np.array(rewards, np.float32), bool(terminal)))
-        begin += length
-    if _checksum(episodes) != str(recorded["checksum"]):
-        raise diverged
+            if terminated != (terminal and t == len(actions) - 1):
+                return [*episodes, None]
+        episodes.append(_episode_buffer(i, seed, np.array(observations, np.float32), actions,
+                                        np.array(rewards, np.float32), terminal))
     return episodes
 
 

@@ -156,20 +156,25 @@ def test_medium_replay_is_the_training_runs_buffer_and_replays_from_its_actions(
         np.testing.assert_array_equal(episode.observations[0],
                                       np.float32(gym.make("Hopper-v5").reset(seed=int(start))[0]))
 
-    # Later builds step the simulator through the committed actions instead of training again.
+    # Later builds step the simulator through the committed actions instead of training again, in one process
+    # or split across several: the same bits either way.
     shutil.rmtree(make_datasets.REPLAY_DIR)
-    make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0", force=True)
-    assert not make_datasets.REPLAY_DIR.exists()
-    for a, b in zip(recorded, arrays("offrl-standin/hopper/medium-replay-v0")):
-        np.testing.assert_array_equal(a, b)
+    for workers in (1, 3):
+        make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0", force=True, workers=workers)
+        assert not make_datasets.REPLAY_DIR.exists()
+        for a, b in zip(recorded, arrays("offrl-standin/hopper/medium-replay-v0")):
+            np.testing.assert_array_equal(a, b)
+        assert f"by {workers} worker" in minari.load_dataset(
+            "offrl-standin/hopper/medium-replay-v0").storage.metadata["build_method"]
 
     actions_file = tiny_behavior / make_datasets.RECORDED_ACTIONS
     with np.load(actions_file) as saved:
         tampered = {k: saved[k] for k in saved.files}
     tampered["actions"][-1] += 0.01  # a last action that no longer matches: only the checksum can tell
     np.savez(actions_file, **tampered)
-    with pytest.raises(DatasetError, match="bit for bit"):
-        make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0", force=True)
+    for workers in (1, 3):
+        with pytest.raises(DatasetError, match="bit for bit"):
+            make_datasets.build_dataset("offrl-standin/hopper/medium-replay-v0", force=True, workers=workers)
 
 
 def test_medium_replay_ends_where_the_rerun_first_does_as_well_as_the_committed_medium_policy(
