@@ -492,14 +492,23 @@ def write_summary():
         "on, its episodes and mean normalized return, is in its record under benchmarks/results/).\n\n"
         "| dataset | episodes | steps | mean return | min | max | mean normalized score | build | first load "
         "| later loads | measured on |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows[k] for k in sorted(rows)) + "\n\n"
-        + replay_reruns())
+        + replay_reruns() + builds_elsewhere())
     print(SUMMARY.read_text())
+
+
+BUILDS_ELSEWHERE = "## Builds on other machines"
+
+
+def builds_elsewhere() -> str:
+    """datasets.md's section on builds timed on other machines (a GPU host's store is gone with it): kept as written."""
+    text = SUMMARY.read_text() if SUMMARY.exists() else ""
+    return "\n" + text[text.index(BUILDS_ELSEWHERE):] if BUILDS_ELSEWHERE in text else ""
 
 
 def earlier_rows() -> dict[str, str]:
     """The table rows already in datasets.md, by dataset id; rows from before the build column get a '–' there, and
     rows from before the machine column the machine their table was measured on."""
-    rows, lines = {}, SUMMARY.read_text().splitlines() if SUMMARY.exists() else []
+    rows, lines = {}, SUMMARY.read_text().split("\n## ")[0].splitlines() if SUMMARY.exists() else []  # the table only
     said = re.search(r"`python -m benchmarks.make_datasets --summary`\s+on (.+?)\. Returns", "\n".join(lines[:4]))
     for line in lines:
         cells = line.strip("|").split("|")

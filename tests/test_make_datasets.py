@@ -89,11 +89,14 @@ def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypat
     elsewhere = "| offrl-standin/walker2d/medium-v0 | 2349 | 1000000 | 1266.2 | -25.8 | 3140.7 | 31.5 | 3.8 s, 545 MB | 0.3 s, 239 MB |"
     stale = "| offrl-standin/hopper/random-v0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 s | 8 s, 9 MB | 1 s, 2 MB |"
     header = "Built ... tabulated with `python -m benchmarks.make_datasets --summary`\non Old Box (2 cores). Returns are"
-    (tmp_path / "datasets.md").write_text(f"# Stand-in datasets\n\n{header}\n\n| dataset |\n|---|\n{elsewhere}\n{stale}\n")
+    by_hand = "## Builds on other machines\n\n| offrl-standin/hopper/expert-v0 | 9 s | GPU Box |\n"  # not a table row
+    (tmp_path / "datasets.md").write_text(f"# Stand-in datasets\n\n{header}\n\n| dataset |\n|---|\n{elsewhere}\n{stale}\n\n"
+                                          f"{by_hand}")
     monkeypatch.setattr(make_datasets, "machine", lambda: "This Box (2 cores)")
     make_datasets.write_summary()
     data = load_dataset("offrl-standin/hopper/random-v0")
-    row, kept = [line for line in (tmp_path / "datasets.md").read_text().splitlines() if "| offrl-standin" in line]
+    table = (tmp_path / "datasets.md").read_text().split("\n## ")[0]
+    row, kept = [line for line in table.splitlines() if "| offrl-standin" in line]
     # not in this store: kept, with no build and the machine its old table said
     assert kept == elsewhere.replace("| 31.5 | 3.8 s", "| 31.5 | – | 3.8 s") + " Old Box (2 cores) |"
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -105,6 +108,7 @@ def test_summary_tabulates_every_standin(minari_store, refs, tmp_path, monkeypat
     assert cells[10] == "This Box (2 cores)"
     make_datasets.write_summary()  # a table with the machine column keeps its rows as they are
     assert kept in (tmp_path / "datasets.md").read_text().splitlines()
+    assert (tmp_path / "datasets.md").read_text().endswith("\n" + by_hand)  # the hand-written section, as it was
 
 
 @pytest.mark.parametrize("quality", ["random", "medium"])  # medium: the committed policy, run in each worker
