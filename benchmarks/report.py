@@ -129,8 +129,12 @@ def seed_curves(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def short_machine(machine: str) -> str:
-    """The accelerator if there was one ("NVIDIA H100 80GB HBM3 with <cpu>, jax x"), else the CPU."""
-    return machine.split(" with ")[0] if " with " in machine else machine.split(", jax")[0]
+    """The accelerator if there was one ("NVIDIA H100 80GB HBM3 with <cpu>, jax x"), else the CPU; for a run resumed
+    on another machine ("<machine> (updates 0 to N); <machine> (updates N to M)"), each, and where it handed over."""
+    stretches = machine.split("; ")
+    names = [m.split(" with ")[0] if " with " in m else m.split(", jax")[0] for m in stretches]
+    ends = [m.rsplit(" to ", 1)[-1].rstrip(")") for m in stretches[:-1]]
+    return " then ".join([f"{name} to update {end}" for name, end in zip(names, ends)] + names[-1:])
 
 
 def summarize(records: list[dict]) -> dict:

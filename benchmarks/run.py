@@ -228,6 +228,13 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
         resume_from = latest_checkpoint(earlier) if earlier else None
     if resume_from is None:  # a fresh start; the name finds this run's directory among all the others
         attempt = {"launched": launched, "exp_name": f"bench-{uuid.uuid4().hex[:8]}", "wall_s": 0.0}
+    # the machines that trained it, each from the update it started at (attempts older than this list lack it)
+    stretches = attempt.setdefault("machines", [{"machine": "not recorded", "from_update": 0}] if resume_from else [])
+    if not stretches or stretches[-1]["machine"] != machine:
+        from common.checkpoints import read_checkpoint  # imports JAX: not needed to check the flags
+
+        start_step = read_checkpoint(resume_from)[0]["step"] if resume_from else 0
+        stretches.append({"machine": machine, "from_update": start_step})
     attempt_file.parent.mkdir(parents=True, exist_ok=True)
     attempt_file.write_text(json.dumps(attempt) + "\n")
 
@@ -258,7 +265,7 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
             out.with_suffix(".csv").write_text("\n".join(by_run[run_key(settings)]) + "\n")
         record = settings | ({"sweep": settings["sweep"] | {"default": default}} if flag else {}) | {
             "outcome": outcome, "wall_s": round(wall, 1), "seeds_in_program": len(cells), "launched": launched,
-            "machine": machine, "date": time.strftime("%Y-%m-%d"),
+            "machine": machines_text(stretches, first["total_steps"]), "date": time.strftime("%Y-%m-%d"),
             "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
         write_atomically(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")  # written last: marks it done
     attempt_file.unlink()
@@ -266,6 +273,14 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
         for path in run_dir.glob("checkpoint_*.msgpack"):
             path.unlink()
     return outcome
+
+
+def machines_text(stretches: list[dict], total_steps: int) -> str:
+    """The machine, or for a run resumed on another one each machine with the updates it trained."""
+    if len(stretches) == 1:
+        return stretches[0]["machine"]
+    ends = [s["from_update"] for s in stretches[1:]] + [total_steps]
+    return "; ".join(f"{s['machine']} (updates {s['from_update']} to {end})" for s, end in zip(stretches, ends))
 
 
 def sweep_default(algo: str, flag: str) -> float:

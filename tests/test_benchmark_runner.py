@@ -95,6 +95,22 @@ def test_an_interrupted_run_is_not_recorded_and_the_rerun_resumes_it(ctrl_c, tmp
     assert not list((tmp_path / "runs" / "benchmark_attempts").iterdir())
 
 
+def test_a_run_resumed_on_another_machine_records_each_machine_and_its_updates(tmp_path, monkeypatch):
+    args = small_grid("hopper-medium", tmp_path, seeds=(0, 1))
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "H200 with Xeon (16 cores), jax 1")
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=100, ctrl_c=True))
+    with pytest.raises(SystemExit, match="interrupted"):
+        run.main(args)
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "EPYC (2 cores), jax 1")
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=200))
+    run.main(args)
+    moved, fresh = (json.loads((tmp_path / "results" / "hopper-medium" / f"small_iql__seed{seed}.json").read_text())
+                    for seed in (0, 1))
+    assert moved["machine"] == "H200 with Xeon (16 cores), jax 1 (updates 0 to 100); EPYC (2 cores), jax 1 (updates 100 to 200)"
+    assert fresh["machine"] == "EPYC (2 cores), jax 1"
+    assert report.short_machine(moved["machine"]) == "H200 to update 100 then EPYC (2 cores)"
+
+
 def test_jobs_run_programs_at_once_each_with_its_own_log(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
     monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
