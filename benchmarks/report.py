@@ -16,6 +16,7 @@ final normalized score against the value, mean ± std over seeds, a line per dat
 
 import csv
 import json
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,7 +305,8 @@ def main(args: Args):
         readme += sensitivity_section(sweeps, f"{args.out.parent.name}/", with_commands=False)
     everything = [r for rs in cells.values() for r in rs] + [r for by_env in sweeps.values() for by_value in
                                                              by_env.values() for rs in by_value.values() for r in rs]
-    machines = sorted({r["machine"] for r in everything})
+    machines = sorted({re.sub(r" \(updates \d+ to \d+\)$", "", m)  # a resumed run's machines, each once
+                       for r in everything for m in r["machine"].split("; ")})
     dates = sorted({r["date"] for r in everything})
     lines += [f"Machine: {'; '.join(machines)}. Runs made {dates[0]} to {dates[-1]}.", ""]
     args.out.write_text("\n".join(lines))
