@@ -141,12 +141,13 @@ def short_machine(machine: str) -> str:
 def summarize(records: list[dict]) -> dict:
     steps, scores = seed_curves(records, "charts/normalized_score")
     finished = [r for r in records if r["outcome"] == "finished"]
-    row = {"seeds": len(records), "total_steps": records[0]["total_steps"],
+    row = {"algo": records[0]["algo"], "seeds": len(records), "total_steps": records[0]["total_steps"],
            "failed": [f"seed {r['seed']}: {r['outcome']}" for r in records if r["outcome"] != "finished"],
            "wall_min": (np.mean([r["wall_s"] / r.get("seeds_in_program", 1) for r in finished]) / 60
                         if finished else None),
            "machine": ", ".join(sorted({short_machine(r["machine"]) for r in records})),
-           "dataset": next((r["dataset"] for r in records if r.get("dataset")), None)}
+           "dataset": next((r["dataset"] for r in records if r.get("dataset")), None),
+           "first_updates_of": next((r["first_updates_of"] for r in records if r.get("first_updates_of")), None)}
     if scores.size:
         best = int(np.argmax(scores.mean(0)))
         row |= {"final": mean_std(scores[:, -1]), "final_step": int(steps[-1]),
@@ -242,10 +243,15 @@ def score_table(rows: dict) -> list[str]:
     # The grid's budget is the update count most rows share (ties: the larger); say why a row has fewer.
     counts = Counter(row["total_steps"] for row in rows.values())
     usual = max(counts, key=lambda steps: (counts[steps], steps))
-    shorter = [f"- {name}: {row['total_steps']} updates where the others have {usual}, to fit the machine's time "
-               f"(its cost per update: `benchmarks/speed.md`)"
+    shorter = [f"- {name}: {row['total_steps']} updates where the others have {usual}, " + (
+               # benchmarks/first_updates.py: the row took the first updates of longer runs that were stopped
+               f"the first {row['total_steps']} of runs launched for {longer['total_steps']} and stopped at update "
+               f"{longer['stopped_at']}; {row['algo']}.py has no schedule tied to --total-steps, so these are the "
+               f"updates a {row['total_steps']}-update run makes" if (longer := row.get("first_updates_of")) else
+               "to fit the machine's time (its cost per update: `benchmarks/speed.md`)")
                for name, row in rows.items() if row["total_steps"] < usual]
-    return lines + [f"- {name}: " + "; ".join(row["failed"]) for name, row in rows.items() if row["failed"]] + shorter
+    return (lines + [f"- {name}: " + "; ".join(row["failed"]) for name, row in rows.items() if row["failed"]]
+            + shorter)
 
 
 def update_readme(readme: Path, block: list[str]):
