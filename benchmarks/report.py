@@ -218,12 +218,13 @@ def plot_imitation(comparison: dict, path: Path):
 
 
 def commands(cell_records) -> list[str]:
-    """One line per command, the seeds that ran it folded into `--seed {0,1,2}`."""
+    """One line per command, the seeds that ran it folded into `--seed {0,1,2}` (a lone seed stays `--seed 1`)."""
     seeds = defaultdict(list)
     for records in cell_records:
         for r in records:
             seeds[r["command"].replace(f"--seed {r['seed']} ", "--seed {} ")].append(r["seed"])
-    return [c.replace("{}", "{" + ",".join(map(str, sorted(s))) + "}") for c, s in sorted(seeds.items())]
+    folded = {c: ",".join(map(str, sorted(s))) for c, s in seeds.items()}
+    return [c.replace("{}", s if "," not in s else "{" + s + "}") for c, s in sorted(folded.items())]
 
 
 def fmt(pair) -> str:

@@ -250,6 +250,7 @@ def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
     assert "mean normalized return is **39.4**" in text
     assert "Why plain TD3 fails: see the Q curve." in text
     assert "python iql.py --env-id hopper-medium --seed {0,1} --total-steps 300" in text
+    assert "python awr.py --env-id hopper-medium --seed 0 --total-steps 300" in text  # a lone seed, unbraced
     readme_text = readme.read_text()
     assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 |" in readme_text and "old" not in readme_text
     assert readme_text.startswith("# x\n<!--") and readme_text.endswith("<!-- results end -->\nrest\n")
