@@ -186,8 +186,9 @@ def stop_running_scripts():
             pass  # it had exited and been reaped already
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of a stopped run with the most updates behind it (final.msgpack is written on a stop)."""
+def latest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
+    """The checkpoint of a stopped run with the most updates behind it (final.msgpack is written on a stop), and
+    its update count."""
     from common.checkpoints import read_checkpoint  # imports JAX: not needed to check the flags
 
     steps = {}
@@ -197,7 +198,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         except (ValueError, KeyError):
             continue  # half-written or foreign: skip it
     steps.pop(run_dir / "nonfinite.msgpack", None)
-    return max(steps, key=steps.get) if steps else None
+    return max(steps.items(), key=lambda item: item[1]) if steps else None
 
 
 def newest_run_dir(work_dir: Path, exp_name: str) -> Path | None:
@@ -222,18 +223,15 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
     launched = " ".join(["python", script, *flags])
     attempt_file = work_dir / "runs" / "benchmark_attempts" / f"{first['env_id']}__{first['name']}__{first['seed']}.json"
     attempt = json.loads(attempt_file.read_text()) if attempt_file.is_file() else {}
-    resume_from = None
+    resume_from, start_step = None, 0
     if attempt.get("launched") == launched:
         earlier = newest_run_dir(work_dir, attempt["exp_name"])
-        resume_from = latest_checkpoint(earlier) if earlier else None
+        resume_from, start_step = (latest_checkpoint(earlier) if earlier else None) or (None, 0)
     if resume_from is None:  # a fresh start; the name finds this run's directory among all the others
         attempt = {"launched": launched, "exp_name": f"bench-{uuid.uuid4().hex[:8]}", "wall_s": 0.0}
     # the machines that trained it, each from the update it started at (attempts older than this list lack it)
     stretches = attempt.setdefault("machines", [{"machine": "not recorded", "from_update": 0}] if resume_from else [])
     if not stretches or stretches[-1]["machine"] != machine:
-        from common.checkpoints import read_checkpoint  # imports JAX: not needed to check the flags
-
-        start_step = read_checkpoint(resume_from)[0]["step"] if resume_from else 0
         stretches.append({"machine": machine, "from_update": start_step})
     attempt_file.parent.mkdir(parents=True, exist_ok=True)
     attempt_file.write_text(json.dumps(attempt) + "\n")
