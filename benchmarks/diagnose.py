@@ -11,7 +11,9 @@ a policy that stays close to the data's behaviour stays near the spread of the d
 Last, for the critics that evaluate the learned policy (TD3+BC, AWR, CQL; IQL's Q is the data's in-sample
 value), what the critic expects along the policy's own episodes, min_i Q_i(s_t, π(s_t)), against the
 discounted return that actually followed: a critic far above it has been fooled by actions the data lacks;
-and on the data's states, how far above the data's own actions the critic rates the policy's.
+and on the data's states, how far above the data's own actions the critic rates the policy's. For a tanh-Gaussian
+actor (SAC+BC, CQL), the spread σ of its Gaussian before the tanh on the data's states: SAC+BC's data term,
+−log π(a | s), charges a gap from the mean by 1/2σ² per dimension, where TD3+BC's squared error charges 1/|A|.
 A checkpoint of several seeds (--num-seeds), or of a sweep, is read state by state. The checkpoint's own flags rebuild its
 networks: nothing about how it was trained needs to be passed again.
 """
@@ -28,7 +30,7 @@ from common.checkpoints import load_checkpoint, read_checkpoint, trained_args
 from common.datasets import load_dataset
 from common.evaluation import EVAL_SEED, make_env
 from common.experiment import describe, init_states, run_labels
-from common.networks import TwinCritic
+from common.networks import TanhGaussianActor, TwinCritic
 
 
 IN_SAMPLE_CRITICS = {"iql"}  # a critic of the data's own actions, not of the learned policy: not compared
@@ -82,12 +84,22 @@ def returns_to_go(rewards, discount: float, ending: str, horizon: int = 300):
     return returns if ending == "terminated" else returns[:max(len(rewards) - horizon, 0)]
 
 
+def as_trained(state):
+    """raw obs -> what the networks saw in training: normalized by the statistics the state holds, if it holds
+    any (TD3+BC's)."""
+    return (lambda o: (o - state.obs_mean) / state.obs_std) if hasattr(state, "obs_mean") else (lambda o: o)
+
+
 def policy_q(state, hidden_dims):
-    """(raw obs, action) -> min over the twin critics, fed the observations as in training: normalized by the
-    statistics the state holds, if it holds any (TD3+BC's)."""
-    critic = TwinCritic(hidden_dims)
-    normalize = (lambda o: (o - state.obs_mean) / state.obs_std) if hasattr(state, "obs_mean") else (lambda o: o)
+    """(raw obs, action) -> min over the twin critics, fed the observations as in training."""
+    critic, normalize = TwinCritic(hidden_dims), as_trained(state)
     return jax.jit(lambda obs, action: critic.apply(state.critic, normalize(obs), action).min(0))
+
+
+def tanh_gaussian_std(state, hidden_dims, action_dim):
+    """raw obs -> σ of the actor's Gaussian before the tanh, per action dimension (SAC+BC's and CQL's actors)."""
+    actor, normalize = TanhGaussianActor(action_dim, hidden_dims), as_trained(state)
+    return jax.jit(lambda obs: jax.numpy.exp(actor.apply(state.actor, normalize(obs))[1]))
 
 
 def main(args: Args):
@@ -141,6 +153,10 @@ def main(args: Args):
         gap = action_gap(acted, sample_action)
         print(f"  on the data's states, its actions differ from the data's by {gap:.3f} (RMS per dimension; the "
               f"best action that ignores the state: {np.sqrt(data.action.var(0).mean()):.3f})")
+        if args.algo == "cql" or getattr(trained, "variant", None) == "sac_bc":
+            std = np.asarray(tanh_gaussian_std(state, trained.hidden_dims, data.action.shape[1])(sample_obs))
+            print(f"  on the data's states, its Gaussian's σ before the tanh: median {np.median(std):.3f} "
+                  f"(5th–95th percentile {np.percentile(std, 5):.3f}–{np.percentile(std, 95):.3f}, all dimensions)")
         if q is not None:
             gain, share = critic_preference(q, sample_obs, acted, sample_action)
             print(f"  on the data's states, its critic rates its actions {gain:+.2f} above the data's own (mean "

@@ -97,3 +97,22 @@ def test_episodes_map_the_policys_actions_onto_the_bounds_as_evaluation_does():
     assert ending == "time limit"
     _, rewards, _ = diagnose.episode(lambda obs: np.ones((1, 1), np.float32), "tests/Echo-v0", 0, rescale_actions=False)
     np.testing.assert_array_equal(rewards, [1.0] * 5)  # a checkpoint from before acted unscaled
+
+
+def test_tanh_gaussian_std_reads_the_actor_as_it_was_trained():
+    from cql import TrainState as CQLState
+    from td3_bc import TrainState
+
+    actor = diagnose.TanhGaussianActor(1, (8,))
+    obs = np.array([[1.0, 3.0], [5.0, -1.0]], np.float32)
+    params = actor.init(jax.random.PRNGKey(0), obs)
+    mean, std = np.array([2.0, 1.0], np.float32), np.array([4.0, 0.5], np.float32)
+    state = TrainState(**dict.fromkeys(TrainState._fields))._replace(actor=params, obs_mean=mean, obs_std=std)
+    expected = np.exp(actor.apply(params, (obs - mean) / std)[1])  # SAC+BC's actor saw normalized states
+    np.testing.assert_allclose(diagnose.tanh_gaussian_std(state, (8,), 1)(obs), expected, rtol=1e-6)
+    cql_state = CQLState(**dict.fromkeys(CQLState._fields))._replace(actor=params)
+    expected = np.exp(actor.apply(params, obs)[1])  # CQL's saw raw ones
+    np.testing.assert_allclose(diagnose.tanh_gaussian_std(cql_state, (8,), 1)(obs), expected, rtol=1e-6)
+    zeroed = jax.tree.map(np.zeros_like, params)  # log_std at the middle of its range, (−5 + 2) / 2
+    np.testing.assert_allclose(diagnose.tanh_gaussian_std(cql_state._replace(actor=zeroed), (8,), 1)(obs),
+                               np.exp(-1.5), rtol=1e-6)
