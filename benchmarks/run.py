@@ -262,7 +262,7 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
         if run_key(settings) in by_run:
             out.with_suffix(".csv").write_text("\n".join(by_run[run_key(settings)]) + "\n")
         record = settings | ({"sweep": settings["sweep"] | {"default": default}} if flag else {}) | {
-            "outcome": outcome, "wall_s": round(wall, 1), "seeds_in_program": len(cells), "launched": launched,
+            "outcome": outcome, "wall_s": round(max(wall, script_wall(by_run)), 1), "seeds_in_program": len(cells), "launched": launched,
             "machine": machines_text(stretches, first["total_steps"]), "date": time.strftime("%Y-%m-%d"),
             "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
         write_atomically(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")  # written last: marks it done
@@ -271,6 +271,13 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
         for path in run_dir.glob("checkpoint_*.msgpack"):
             path.unlink()
     return outcome
+
+
+def script_wall(by_run: dict[tuple, list[str]]) -> float:
+    """The training seconds the script itself counted, carried in its checkpoints across resumes. A stretch
+    killed without warning (a machine taken back) is missing from the runner's own count, but not from this."""
+    header_and_last = [(rows[0].split(","), rows[-1].split(",")) for rows in by_run.values() if len(rows) > 1]
+    return max((float(last[header.index("wall_s")]) for header, last in header_and_last), default=0.0)
 
 
 def machines_text(stretches: list[dict], total_steps: int) -> str:

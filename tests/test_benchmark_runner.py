@@ -34,8 +34,9 @@ def test_grid_records_each_run_and_a_second_call_does_no_work(tiny_hopper, tmp_p
     assert "1 of 1 runs already done; 0 to go" in capsys.readouterr().out
 
 
-def fake_script(steps_reached: int, code: int = 0, launched=None, ctrl_c=False):
-    """Stands in for `run.launch`: a script whose evaluations.csv and final checkpoint stop at `steps_reached`."""
+def fake_script(steps_reached: int, code: int = 0, launched=None, ctrl_c=False, seconds_per_update=0.0):
+    """Stands in for `run.launch`: a script whose evaluations.csv and final checkpoint stop at `steps_reached`,
+    counting `seconds_per_update` of training time in its wall_s column."""
     def fake_launch(command, cwd, log=None):
         if launched is not None:
             launched.append(command)
@@ -45,7 +46,7 @@ def fake_script(steps_reached: int, code: int = 0, launched=None, ctrl_c=False):
         resumed = Path(command[command.index("--checkpoint") + 1]) if "--checkpoint" in command else None
         run_dir = resumed.parent if resumed else cwd / "runs" / f"env__{exp_name}__0__1"
         run_dir.mkdir(parents=True, exist_ok=True)
-        rows = "".join(f"{step},{s},1,0,10,0.5,1\n" for step in range(100, steps_reached + 1, 100)
+        rows = "".join(f"{step},{s},{step * seconds_per_update},0,10,0.5,1\n" for step in range(100, steps_reached + 1, 100)
                        for s in range(seed, seed + num_seeds))
         (run_dir / "evaluations.csv").write_text("step,seed,wall_s,return_std,charts/episodic_return,"
                                                  "charts/normalized_score,values/q\n" + rows)
@@ -93,6 +94,15 @@ def test_an_interrupted_run_is_not_recorded_and_the_rerun_resumes_it(ctrl_c, tmp
     assert resumed[:-2] == stopped and "--checkpoint" not in seed1
     assert "--save-every 100" in json.loads(records[0].read_text())["launched"]
     assert not list((tmp_path / "runs" / "benchmark_attempts").iterdir())
+
+
+def test_the_record_takes_the_scripts_own_training_time_where_the_runner_counted_less(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    args = small_grid("hopper-medium", tmp_path, seeds=(0,))
+    monkeypatch.setattr(run, "launch", fake_script(steps_reached=200, seconds_per_update=3.0))
+    run.main(args)  # the fake returns at once: the runner counts almost nothing, the script counted 600 s
+    record = json.loads((tmp_path / "results" / "hopper-medium" / "small_iql__seed0.json").read_text())
+    assert record["wall_s"] == 600.0
 
 
 def test_a_run_resumed_on_another_machine_records_each_machine_and_its_updates(tmp_path, monkeypatch):
