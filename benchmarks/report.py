@@ -217,6 +217,32 @@ def plot_imitation(comparison: dict, path: Path):
     plt.close(fig)
 
 
+def dataset_builds(rows: dict) -> list[tuple[dict, list[str]]]:
+    """The builds of a dataset that the rows trained on, each with its rows' names, the most used first. A
+    rebuilt stand-in can differ from the last build (fresh noise per episode): two builds count as one if
+    they agree in what the data line prints."""
+    builds = {}
+    for name, row in rows.items():
+        if row["dataset"]:
+            d = row["dataset"]
+            key = (d["dataset_id"], d["episodes"], d["transitions"], f"{d['mean_normalized_return']:.1f}")
+            builds.setdefault(key, (d, []))[1].append(name)
+    return sorted(builds.values(), key=lambda build: -len(build[1]))
+
+
+def data_line(builds: list[tuple[dict, list[str]]]) -> str:
+    if not builds:
+        return ""
+    first = builds[0][0]
+    head = f"Data: `{first['dataset_id']}`, from {first['source']}"
+    if len(builds) == 1:
+        return (f"{head}: {first['episodes']} episodes, {first['transitions']} transitions; its mean normalized "
+                f"return is **{first['mean_normalized_return']:.1f}**.")
+    return f"{head}, in {len(builds)} builds: " + "; ".join(
+        f"{d['episodes']} episodes, {d['transitions']} transitions, mean normalized return "
+        f"**{d['mean_normalized_return']:.1f}** ({', '.join(names)})" for d, names in builds) + "."
+
+
 def commands(cell_records) -> list[str]:
     """One line per command, the seeds that ran it folded into `--seed {0,1,2}` (a lone seed stays `--seed 1`)."""
     seeds = defaultdict(list)
@@ -287,23 +313,20 @@ def main(args: Args):
         readme += [f"![what offline RL buys over imitation]({args.out.parent.name}/imitation.png)", "", *summary]
     for env_id in sorted({env for env, _ in cells}):
         rows = {name: summarize(records) for (env, name), records in sorted(cells.items()) if env == env_id}
-        dataset = next((row["dataset"] for row in rows.values() if row["dataset"]), None)
-        data_line = "" if not dataset else (
-            f"Data: `{dataset['dataset_id']}`, from {dataset['source']}: {dataset['episodes']} episodes, "
-            f"{dataset['transitions']} transitions; "
-            f"its mean normalized return is **{dataset['mean_normalized_return']:.1f}**.")
+        builds = dataset_builds(rows)
+        dataset = builds[0][0] if builds else None  # the build most rows trained on draws the figure's line
         stem = env_id.replace("/", "-")
         plot(env_id, cells, "charts/normalized_score", "normalized score", args.out.parent / f"results_{stem}.png",
              data_mean=dataset["mean_normalized_return"] if dataset else None)
         plot(env_id, cells, "values/q", "mean Q(s, a), training batches", args.out.parent / f"results_{stem}_q.png",
              log=True)  # iql.py scales its rewards (x 1000 / return range): its Q is on another scale
         figures = f"![learning curves](results_{stem}.png) ![Q estimates](results_{stem}_q.png)"
-        lines += [f"## {env_id}", "", data_line, "", *score_table(rows), "", figures, "", "Commands:", "",
+        lines += [f"## {env_id}", "", data_line(builds), "", *score_table(rows), "", figures, "", "Commands:", "",
                   "```", *commands(rs for (env, _), rs in cells.items() if env == env_id), "```", ""]
         notes = args.results / env_id / "NOTES.md"  # hand-written: what the numbers mean, with evidence
         if notes.is_file():
             lines += [notes.read_text().strip(), ""]
-        readme += [f"**{env_id}**. {data_line}", "", *score_table(rows), "",
+        readme += [f"**{env_id}**. {data_line(builds)}", "", *score_table(rows), "",
                    figures.replace("(results_", f"({args.out.parent.name}/results_"), ""]
     for (name, flag), by_env in sweeps.items():
         plot_sensitivity(name, flag, by_env, args.out.parent / f"sensitivity_{name}_{flag}.png")

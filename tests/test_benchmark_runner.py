@@ -263,10 +263,30 @@ def test_report_writes_the_table_the_figures_and_the_commands(tmp_path):
     assert "python awr.py --env-id hopper-medium --seed 0 --total-steps 300" in text  # a lone seed, unbraced
     readme_text = readme.read_text()
     assert "| iql | 300 | 2 | 20.0 ± 10.0 | 60.0 ± 10.0 (200) | 2 |" in readme_text and "old" not in readme_text
+    assert "**hopper-medium**. Data: `d`, from s: 3 episodes, 30 transitions; its mean normalized return is **39.4**." \
+        in readme_text
     assert readme_text.startswith("# x\n<!--") and readme_text.endswith("<!-- results end -->\nrest\n")
     assert (tmp_path / "results_hopper-medium.png").stat().st_size > 0
     assert (tmp_path / "results_hopper-medium_q.png").stat().st_size > 0
     assert not (tmp_path / "imitation.png").exists()  # no BC control, nothing to compare with
+
+
+def test_a_dataset_rebuilt_between_rows_names_each_build_with_its_rows(tmp_path):
+    for name in ("iql", "awr", "sac_bc"):
+        write_cell(tmp_path, name, 0, [10, 20])
+    record_path = tmp_path / "hopper-medium" / "sac_bc__seed0.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(record | {"dataset": record["dataset"] | {"episodes": 4,
+                                                                                "mean_normalized_return": 40.04}}))
+    rows = {name: report.summarize(records) for (_, name), records in report.load_cells(tmp_path).items()}
+    assert report.data_line(report.dataset_builds(rows)) == (
+        "Data: `d`, from s, in 2 builds: 3 episodes, 30 transitions, mean normalized return **39.4** (awr, iql); "
+        "4 episodes, 30 transitions, mean normalized return **40.0** (sac_bc).")
+    same_print = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(same_print | {"dataset": record["dataset"] | {"mean_normalized_return": 39.43}}))
+    rows = {name: report.summarize(records) for (_, name), records in report.load_cells(tmp_path).items()}
+    assert report.data_line(report.dataset_builds(rows)) == (
+        "Data: `d`, from s: 3 episodes, 30 transitions; its mean normalized return is **39.4**.")
 
 
 def test_report_compares_each_method_with_the_bc_control_and_the_data(tmp_path):
