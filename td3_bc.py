@@ -24,9 +24,10 @@ Dividing the lecture's AC+BC objective, max E_π[Q] + α' E_D[log π(a | s)] (it
 data), by α' gives this actor loss with λ = 1/α', plus SAC's own entropy term. TD3+BC's squared error is the
 same data term for a deterministic policy: −log N(a; π(s), σ²) = |a − π(s)|² / 2σ² + const. So at one α the
 data term here pulls about |A| / 2σ² times as hard as TD3+BC's mean over dimensions (σ before the tanh: the
-data's own spread, or wider where the entropy target binds): the narrower the policy, the nearer a clone. log π(a | s) is finite at data
-actions on the bounds (|a| = 1) only because they are clipped to 1 − 1e-6 first. The entropy bonus is left out
-of the critic's backup, as in cql.py: Q then estimates the policy's return, comparable with the other methods' Q.
+data's own spread, or wider where the entropy target binds): the narrower the policy, the nearer a clone.
+log π(a | s) is finite at data actions on the bounds (|a| = 1) only because they are clipped to 1 − 1e-6
+first. The entropy bonus is left out of the critic's backup, as in cql.py: Q then estimates the policy's
+return, comparable with the other methods' Q.
 The actor and β step every --policy-delay updates (default 1 here, as SAC does).
 
 Variants by flag: `--bc-weight 0` is plain offline TD3, whose actor chases Q at actions the data never

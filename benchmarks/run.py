@@ -256,13 +256,14 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
         attempt_file.write_text(json.dumps(attempt | {"wall_s": attempt["wall_s"] + time.time() - start}) + "\n")
         raise
     outcome = "finished" if code == 0 else f"failed (exit code {code}) at update {steps_done}"
+    wall = max(wall, script_wall(by_run))
     dataset = run_dir / "dataset.json" if run_dir else None
     default = sweep_default(first["algo"], flag) if flag else None
     for settings, out in cells:
         if run_key(settings) in by_run:
             out.with_suffix(".csv").write_text("\n".join(by_run[run_key(settings)]) + "\n")
         record = settings | ({"sweep": settings["sweep"] | {"default": default}} if flag else {}) | {
-            "outcome": outcome, "wall_s": round(max(wall, script_wall(by_run)), 1), "seeds_in_program": len(cells), "launched": launched,
+            "outcome": outcome, "wall_s": round(wall, 1), "seeds_in_program": len(cells), "launched": launched,
             "machine": machines_text(stretches, first["total_steps"]), "date": time.strftime("%Y-%m-%d"),
             "dataset": json.loads(dataset.read_text()) if dataset and dataset.is_file() else None}
         write_atomically(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")  # written last: marks it done

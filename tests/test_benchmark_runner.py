@@ -46,8 +46,8 @@ def fake_script(steps_reached: int, code: int = 0, launched=None, ctrl_c=False, 
         resumed = Path(command[command.index("--checkpoint") + 1]) if "--checkpoint" in command else None
         run_dir = resumed.parent if resumed else cwd / "runs" / f"env__{exp_name}__0__1"
         run_dir.mkdir(parents=True, exist_ok=True)
-        rows = "".join(f"{step},{s},{step * seconds_per_update},0,10,0.5,1\n" for step in range(100, steps_reached + 1, 100)
-                       for s in range(seed, seed + num_seeds))
+        rows = "".join(f"{step},{s},{step * seconds_per_update},0,10,0.5,1\n"
+                       for step in range(100, steps_reached + 1, 100) for s in range(seed, seed + num_seeds))
         (run_dir / "evaluations.csv").write_text("step,seed,wall_s,return_std,charts/episodic_return,"
                                                  "charts/normalized_score,values/q\n" + rows)
         save_checkpoint(run_dir / "final.msgpack", {}, {"step": steps_reached})
