@@ -14,6 +14,9 @@ discounted return that actually followed: a critic far above it has been fooled 
 and on the data's states, how far above the data's own actions the critic rates the policy's. For a tanh-Gaussian
 actor (SAC+BC, CQL), the spread σ of its Gaussian before the tanh on the data's states: SAC+BC's data term,
 −log π(a | s), charges a gap from the mean by 1/2σ² per dimension, where TD3+BC's squared error charges 1/|A|.
+Such an actor is evaluated acting with its mode, tanh(mean), but its critic's backup values the policy that draws
+from the Gaussian: the same episodes are replayed with drawn actions, their return set beside what the critic
+expects along them.
 A checkpoint of several seeds (--num-seeds), or of a sweep, is read state by state. The checkpoint's own flags rebuild its
 networks: nothing about how it was trained needs to be passed again.
 """
@@ -30,7 +33,7 @@ from common.checkpoints import load_checkpoint, read_checkpoint, trained_args
 from common.datasets import load_dataset
 from common.evaluation import EVAL_SEED, make_env
 from common.experiment import describe, init_states, run_labels
-from common.networks import TanhGaussianActor, TwinCritic
+from common.networks import TanhGaussianActor, TwinCritic, sample_tanh_gaussian
 
 
 IN_SAMPLE_CRITICS = {"iql"}  # a critic of the data's own actions, not of the learned policy: not compared
@@ -102,6 +105,15 @@ def tanh_gaussian_std(state, hidden_dims, action_dim):
     return jax.jit(lambda obs: jax.numpy.exp(actor.apply(state.actor, normalize(obs))[1]))
 
 
+def tanh_gaussian_sampler(state, hidden_dims, action_dim, seed: int = 0):
+    """raw obs -> an action drawn from the actor's tanh-Gaussian, a fresh draw on every call (the policy a SAC
+    backup values; evaluation acts with the mode)."""
+    actor, normalize = TanhGaussianActor(action_dim, hidden_dims), as_trained(state)
+    draw = jax.jit(lambda obs, key: sample_tanh_gaussian(*actor.apply(state.actor, normalize(obs)), key)[0])
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 100_000))  # a hundred 1000-step episodes
+    return lambda obs: draw(obs, next(keys))
+
+
 def main(args: Args):
     if args.algo not in ALGORITHMS:
         raise SystemExit(f"error: unknown algorithm {args.algo}; choose from {list(ALGORITHMS)}")
@@ -157,6 +169,15 @@ def main(args: Args):
             std = np.asarray(tanh_gaussian_std(state, trained.hidden_dims, data.action.shape[1])(sample_obs))
             print(f"  on the data's states, its Gaussian's σ before the tanh: median {np.median(std):.3f} "
                   f"(5th–95th percentile {np.percentile(std, 5):.3f}–{np.percentile(std, 95):.3f}, all dimensions)")
+            draw = tanh_gaussian_sampler(state, trained.hidden_dims, data.action.shape[1])
+            drawn = [episode(draw, data.env_spec, EVAL_SEED + j, rescale_actions="action_low" in meta)
+                     for j in range(args.episodes)]
+            returns = [rewards.sum() for _, rewards, _ in drawn]
+            followed = np.concatenate([returns_to_go(rewards, trained.discount, ending) for _, rewards, ending in drawn])
+            print(f"  acting with actions drawn from its Gaussian instead (what its critic's backup values), the same "
+                  f"{len(drawn)} episodes return {np.mean(returns):.1f} (from {min(returns):.1f} to "
+                  f"{max(returns):.1f}; {sum(ending == 'terminated' for *_, ending in drawn)} terminated); the "
+                  f"discounted return that followed: {followed.mean():.1f} ({len(followed)} states)")
         if q is not None:
             gain, share = critic_preference(q, sample_obs, acted, sample_action)
             print(f"  on the data's states, its critic rates its actions {gain:+.2f} above the data's own (mean "

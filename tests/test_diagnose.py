@@ -116,3 +116,19 @@ def test_tanh_gaussian_std_reads_the_actor_as_it_was_trained():
     zeroed = jax.tree.map(np.zeros_like, params)  # log_std at the middle of its range, (−5 + 2) / 2
     np.testing.assert_allclose(diagnose.tanh_gaussian_std(cql_state._replace(actor=zeroed), (8,), 1)(obs),
                                np.exp(-1.5), rtol=1e-6)
+
+
+def test_tanh_gaussian_sampler_draws_afresh_from_the_actors_gaussian():
+    from td3_bc import TrainState
+
+    actor = diagnose.TanhGaussianActor(2, (8,))
+    obs = np.ones((4000, 3), np.float32)
+    zeroed = jax.tree.map(np.zeros_like, actor.init(jax.random.PRNGKey(0), obs))  # mean 0, σ = exp(−1.5)
+    state = TrainState(**dict.fromkeys(TrainState._fields))._replace(
+        actor=zeroed, obs_mean=np.zeros(3, np.float32), obs_std=np.ones(3, np.float32))
+    draw = diagnose.tanh_gaussian_sampler(state, (8,), 2, seed=0)
+    first, second = np.asarray(draw(obs)), np.asarray(draw(obs))
+    assert first.shape == (4000, 2) and not np.allclose(first, second)  # a new draw each step
+    u = np.arctanh(first)
+    assert abs(u.mean()) < 0.02 and u.std() == pytest.approx(np.exp(-1.5), rel=0.05)
+    np.testing.assert_array_equal(np.asarray(diagnose.tanh_gaussian_sampler(state, (8,), 2, seed=0)(obs)), first)
