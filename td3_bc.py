@@ -29,6 +29,8 @@ log π(a | s) is finite at data actions on the bounds (|a| = 1) only because the
 first. The entropy bonus is left out of the critic's backup, as in cql.py: Q then estimates the policy's
 return, comparable with the other methods' Q.
 The actor and β step every --policy-delay updates (default 1 here, as SAC does).
+Evaluation acts with the mode tanh(mean), as SAC's is usually reported, while Q values the policy that draws;
+they can differ: on halfcheetah-medium-replay the mode stands still where the drawn actions run (its notes).
 
 Variants by flag: `--bc-weight 0` is plain offline TD3, whose actor chases Q at actions the data never
 tried (the failure that motivated offline RL); `--policy-noise 0 --policy-delay 1` is DDPG+BC, still with
