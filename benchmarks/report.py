@@ -182,7 +182,7 @@ def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool 
     plt.close(fig)
 
 
-IMITATION_METHODS = ("bc", "td3_bc", "awr", "iql", "cql")  # the BC control (td3_bc.py --alpha 0), then the families
+IMITATION_METHODS = ("bc", "td3_bc", "sac_bc", "awr", "iql", "cql")  # the BC control (td3_bc.py --alpha 0), then the families
 
 
 def imitation_comparison(cells: dict) -> dict[str, dict[str, tuple[float, float]]]:
@@ -198,7 +198,7 @@ def imitation_comparison(cells: dict) -> dict[str, dict[str, tuple[float, float]
 
 
 def plot_imitation(comparison: dict, path: Path):
-    """Grouped bars: per dataset, the data's mean, the BC control and the four offline RL methods."""
+    """Grouped bars: per dataset, the data's mean, the BC control and the offline RL methods."""
     names = ["data", *IMITATION_METHODS]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(comparison)), 4))
     width = 0.8 / len(names)
