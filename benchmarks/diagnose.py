@@ -21,6 +21,7 @@ A checkpoint of several seeds (--num-seeds), or of a sweep, is read state by sta
 networks: nothing about how it was trained needs to be passed again.
 """
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +111,8 @@ def tanh_gaussian_sampler(state, hidden_dims, action_dim, seed: int = 0):
     backup values; evaluation acts with the mode)."""
     actor, normalize = TanhGaussianActor(action_dim, hidden_dims), as_trained(state)
     draw = jax.jit(lambda obs, key: sample_tanh_gaussian(*actor.apply(state.actor, normalize(obs)), key)[0])
-    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 100_000))  # a hundred 1000-step episodes
-    return lambda obs: draw(obs, next(keys))
+    steps = itertools.count()  # a fresh key per call, however many episodes
+    return lambda obs: draw(obs, jax.random.fold_in(jax.random.PRNGKey(seed), next(steps)))
 
 
 def main(args: Args):
