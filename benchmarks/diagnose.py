@@ -15,8 +15,8 @@ and on the data's states, how far above the data's own actions the critic rates 
 actor (SAC+BC, CQL), the spread σ of its Gaussian before the tanh on the data's states: SAC+BC's data term,
 −log π(a | s), charges a gap from the mean by 1/2σ² per dimension, where TD3+BC's squared error charges 1/|A|.
 Such an actor is evaluated acting with its mode, tanh(mean), but its critic's backup values the policy that draws
-from the Gaussian: the same episodes are replayed with drawn actions, their return set beside what the critic
-expects along them.
+from the Gaussian: the same episodes are replayed with drawn actions, and their returns and the discounted return
+that followed are printed, to set beside the critic's values.
 A checkpoint of several seeds (--num-seeds), or of a sweep, is read state by state. The checkpoint's own flags rebuild its
 networks: nothing about how it was trained needs to be passed again.
 """
@@ -174,7 +174,8 @@ def main(args: Args):
             drawn = [episode(draw, data.env_spec, EVAL_SEED + j, rescale_actions="action_low" in meta)
                      for j in range(args.episodes)]
             returns = [rewards.sum() for _, rewards, _ in drawn]
-            followed = np.concatenate([returns_to_go(rewards, trained.discount, ending) for _, rewards, ending in drawn])
+            followed = np.concatenate([returns_to_go(rewards, trained.discount, ending)
+                                       for _, rewards, ending in drawn])
             print(f"  acting with actions drawn from its Gaussian instead (what its critic's backup values), the same "
                   f"{len(drawn)} episodes return {np.mean(returns):.1f} (from {min(returns):.1f} to "
                   f"{max(returns):.1f}; {sum(ending == 'terminated' for *_, ending in drawn)} terminated); the "

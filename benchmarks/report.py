@@ -182,7 +182,8 @@ def plot(env_id: str, cells: dict, key: str, ylabel: str, path: Path, log: bool 
     plt.close(fig)
 
 
-IMITATION_METHODS = ("bc", "td3_bc", "sac_bc", "awr", "iql", "cql")  # the BC control (td3_bc.py --alpha 0), then the families
+# the BC control (td3_bc.py --alpha 0), then the families
+IMITATION_METHODS = ("bc", "td3_bc", "sac_bc", "awr", "iql", "cql")
 
 
 def imitation_comparison(cells: dict) -> dict[str, dict[str, tuple[float, float]]]:
