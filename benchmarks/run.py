@@ -149,6 +149,22 @@ def _ignore_signals():
         signal.signal(signum, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def stops_held():
+    """Holds back Ctrl-C and SIGTERM (in the main thread, where Python handles them) and lists those that came."""
+    held = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = {signum: signal.signal(signum, lambda received, _frame: held.append(received))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def launch(command: list[str], cwd: Path, log: Path | None = None) -> int:
     """Run a training script to its end, its output to `log` if given. On Ctrl-C or SIGTERM here, it is asked
     once to stop, and waited for: it finishes its chunk of updates and saves a checkpoint that the next attempt
@@ -156,11 +172,16 @@ def launch(command: list[str], cwd: Path, log: Path | None = None) -> int:
     if STOPPING.is_set():
         raise KeyboardInterrupt
     with open(log, "a") if log else contextlib.nullcontext() as out:
-        process = subprocess.Popen(command, cwd=cwd, start_new_session=True,  # terminal Ctrl-C reaches it only via us
-                                   stdout=out, stderr=subprocess.STDOUT if out else None,
-                                   preexec_fn=_ignore_signals if IGNORED_BY_SCRIPTS else None)
-        RUNNING.add(process)
+        with stops_held() as held:  # a stop while Popen runs would leave the started script running unowned
+            process = subprocess.Popen(command, cwd=cwd, start_new_session=True,  # Ctrl-C reaches it only via us
+                                       stdout=out, stderr=subprocess.STDOUT if out else None,
+                                       preexec_fn=_ignore_signals if IGNORED_BY_SCRIPTS else None)
+            RUNNING.add(process)
         try:
+            for signum in held:
+                signal.raise_signal(signum)  # now that the script is ours to stop
+            if STOPPING.is_set():  # under --jobs, the grid was stopped while this script started
+                process.terminate()
             return process.wait()
         except KeyboardInterrupt:
             process.terminate()

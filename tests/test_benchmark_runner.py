@@ -3,8 +3,10 @@
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -186,21 +188,58 @@ def test_a_program_the_stop_ends_before_it_saved_is_not_recorded_as_failed(tmp_p
     assert [r["outcome"] for r in records] == ["finished", "finished"]
 
 
+# Stands in for a training script: on SIGTERM it saves and exits, as the scripts do.
+SAVES_ON_SIGTERM = ("import pathlib, signal, sys, time\n"
+                    "signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path('saved').write_text('yes'), sys.exit(0)))\n"
+                    "pathlib.Path('ready').write_text('yes')\n"
+                    "time.sleep(60)\n")
+
+
+def wait_for(path: Path):
+    while not path.exists():
+        threading.Event().wait(0.05)
+
+
 def test_a_stopped_grid_asks_its_script_once_to_stop_and_waits_for_it(tmp_path, ctrl_c_raises):
-    script = ("import pathlib, signal, sys, time\n"
-              "signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path('saved').write_text('yes'), sys.exit(0)))\n"
-              "pathlib.Path('ready').write_text('yes')\n"
-              "time.sleep(60)\n")
+    script = SAVES_ON_SIGTERM
 
     def ctrl_c_when_ready():
-        while not (tmp_path / "ready").exists():
-            threading.Event().wait(0.05)
+        wait_for(tmp_path / "ready")
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as Ctrl-C in a terminal
 
     threading.Thread(target=ctrl_c_when_ready, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         run.launch([sys.executable, "-c", script], tmp_path)
     assert (tmp_path / "saved").read_text() == "yes"  # it had saved before launch gave up the wait
+
+
+def popen_then(stop):
+    """subprocess.Popen, with `stop` called after the script is up but before Popen returns to launch."""
+    popen = subprocess.Popen
+
+    def starting(*args, **kwargs):
+        process = popen(*args, **kwargs)
+        wait_for(Path(kwargs["cwd"]) / "ready")
+        stop()
+        return process
+    return starting
+
+
+def test_a_ctrl_c_while_the_script_starts_stops_it_too(tmp_path, ctrl_c_raises, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", popen_then(lambda: signal.raise_signal(signal.SIGINT)))
+    with pytest.raises(KeyboardInterrupt):
+        run.launch([sys.executable, "-c", SAVES_ON_SIGTERM], tmp_path)
+    assert (tmp_path / "saved").read_text() == "yes"  # not left running on its own
+
+
+def test_a_script_that_starts_while_jobs_are_stopped_is_stopped_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", popen_then(run.STOPPING.set))  # the grid's stop, from its main thread
+    try:
+        with ThreadPoolExecutor(1) as pool:  # as under --jobs
+            assert pool.submit(run.launch, [sys.executable, "-c", SAVES_ON_SIGTERM], tmp_path).result(timeout=30) == 0
+    finally:
+        run.STOPPING.clear()
+    assert (tmp_path / "saved").read_text() == "yes"
 
 
 def test_a_run_that_stops_on_nan_is_recorded_as_failed(tmp_path, monkeypatch):
