@@ -12,6 +12,8 @@ the highest). A hand-written `results/{env_id}/NOTES.md`
 
 Sweep cells (`benchmarks.run --sweep alpha 0.5 1 2.5`) get a sensitivity figure per method and swept flag: the
 final normalized score against the value, mean ± std over seeds, a line per dataset, the script's default marked.
+A hand-written `results/SENSITIVITY.md` (what the curves say) stands above them, as `results/IMITATION.md` does
+above the imitation figure.
 """
 
 import csv
@@ -332,8 +334,10 @@ def main(args: Args):
     for (name, flag), by_env in sweeps.items():
         plot_sensitivity(name, flag, by_env, args.out.parent / f"sensitivity_{name}_{flag}.png")
     if sweeps:
-        lines += ["## Sensitivity to the regularisation strength", "", *sensitivity_section(sweeps)]
-        readme += sensitivity_section(sweeps, f"{args.out.parent.name}/", with_commands=False)
+        paragraph = args.results / "SENSITIVITY.md"  # hand-written: what the curves say
+        summary = [paragraph.read_text().strip(), ""] if paragraph.is_file() else []
+        lines += ["## Sensitivity to the regularisation strength", "", *summary, *sensitivity_section(sweeps)]
+        readme += [*summary, *sensitivity_section(sweeps, f"{args.out.parent.name}/", with_commands=False)]
     everything = [r for rs in cells.values() for r in rs] + [r for by_env in sweeps.values() for by_value in
                                                              by_env.values() for rs in by_value.values() for r in rs]
     machines = sorted({re.sub(r" \(updates \d+ to \d+\)$", "", m)  # a resumed run's machines, each once

@@ -147,8 +147,11 @@ def test_report_writes_a_sensitivity_section_and_keeps_sweeps_out_of_the_grid_ta
     write_cell(tmp_path / "results", "td3_bc", 0, [10, 30])  # the plain cell of the same name
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results: written by python -m benchmarks.report -->\n<!-- results end -->\n")
+    (tmp_path / "results" / "SENSITIVITY.md").write_text("Lower α helps on the mixed data.\n")
     report.main(report.Args(results=tmp_path / "results", out=tmp_path / "results.md", readme=readme))
     text = (tmp_path / "results.md").read_text()
+    assert "regularisation strength\n\nLower α helps on the mixed data.\n\n### td3_bc: --alpha" in text
+    assert "Lower α helps on the mixed data." in readme.read_text()
     assert "| td3_bc | 200 | 1 | 30.0 | 30.0 (200) |" in text  # its one seed, not the sweep's
     assert "## Sensitivity to the regularisation strength" in text and "### td3_bc: --alpha" in text
     assert "| hopper-medium | 2.5 (default) | 2 | 50.0 ± 10.0 |" in text
