@@ -293,6 +293,11 @@ def update_readme(readme: Path, block: list[str]):
         readme.write_text("\n".join([before + start, *block, end]) + rest.split(end, 1)[1])
 
 
+def hand_written(paragraph: Path) -> list[str]:
+    """A hand-written note's lines for results.md or the README, with a blank line after; none if it is absent."""
+    return [paragraph.read_text().strip(), ""] if paragraph.is_file() else []
+
+
 def main(args: Args):
     cells, sweeps = load_cells(args.results), load_sweeps(args.results)
     if not cells and not sweeps:
@@ -309,8 +314,7 @@ def main(args: Args):
     comparison = imitation_comparison(cells)
     if comparison:
         plot_imitation(comparison, args.out.parent / "imitation.png")
-        paragraph = args.results / "IMITATION.md"  # hand-written: where each family wins and loses, from the figure
-        summary = [paragraph.read_text().strip(), ""] if paragraph.is_file() else []
+        summary = hand_written(args.results / "IMITATION.md")  # where each family wins and loses, from the figure
         lines += ["## What offline RL buys over imitation", "", "![what offline RL buys over imitation](imitation.png)",
                   "", *summary]
         readme += [f"![what offline RL buys over imitation]({args.out.parent.name}/imitation.png)", "", *summary]
@@ -326,16 +330,13 @@ def main(args: Args):
         figures = f"![learning curves](results_{stem}.png) ![Q estimates](results_{stem}_q.png)"
         lines += [f"## {env_id}", "", data_line(builds), "", *score_table(rows), "", figures, "", "Commands:", "",
                   "```", *commands(rs for (env, _), rs in cells.items() if env == env_id), "```", ""]
-        notes = args.results / env_id / "NOTES.md"  # hand-written: what the numbers mean, with evidence
-        if notes.is_file():
-            lines += [notes.read_text().strip(), ""]
+        lines += hand_written(args.results / env_id / "NOTES.md")  # what the numbers mean, with evidence
         readme += [f"**{env_id}**. {data_line(builds)}", "", *score_table(rows), "",
                    figures.replace("(results_", f"({args.out.parent.name}/results_"), ""]
     for (name, flag), by_env in sweeps.items():
         plot_sensitivity(name, flag, by_env, args.out.parent / f"sensitivity_{name}_{flag}.png")
     if sweeps:
-        paragraph = args.results / "SENSITIVITY.md"  # hand-written: what the curves say
-        summary = [paragraph.read_text().strip(), ""] if paragraph.is_file() else []
+        summary = hand_written(args.results / "SENSITIVITY.md")  # what the curves say
         lines += ["## Sensitivity to the regularisation strength", "", *summary, *sensitivity_section(sweeps)]
         readme += [*summary, *sensitivity_section(sweeps, f"{args.out.parent.name}/", with_commands=False)]
     everything = [r for rs in cells.values() for r in rs] + [r for by_env in sweeps.values() for by_value in

@@ -201,15 +201,13 @@ def wait_for(path: Path):
 
 
 def test_a_stopped_grid_asks_its_script_once_to_stop_and_waits_for_it(tmp_path, ctrl_c_raises):
-    script = SAVES_ON_SIGTERM
-
     def ctrl_c_when_ready():
         wait_for(tmp_path / "ready")
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as Ctrl-C in a terminal
 
     threading.Thread(target=ctrl_c_when_ready, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        run.launch([sys.executable, "-c", script], tmp_path)
+        run.launch([sys.executable, "-c", SAVES_ON_SIGTERM], tmp_path)
     assert (tmp_path / "saved").read_text() == "yes"  # it had saved before launch gave up the wait
 
 
