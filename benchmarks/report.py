@@ -87,8 +87,9 @@ def plot_sensitivity(name: str, flag: str, by_env: dict, path: Path):
     for env_id, by_value in sorted(by_env.items()):
         points = sensitivity(by_value)
         seeds = sorted({n for _, _, n in points})
+        seeds_text = f"{'/'.join(map(str, seeds))} seed{'' if seeds == [1] else 's'}"
         ax.errorbar([v for v, _, _ in points], [f[0] for _, f, _ in points], yerr=[f[1] or 0.0 for _, f, _ in points],
-                    marker="o", capsize=3, label=f"{env_id} ({'/'.join(map(str, seeds))} seed{'' if seeds == [1] else 's'})")
+                    marker="o", capsize=3, label=f"{env_id} ({seeds_text})")
     values = sorted({v for by_value in by_env.values() for v in by_value})
     defaults = {r["sweep"].get("default") for by_value in by_env.values() for rs in by_value.values() for r in rs}
     for default in sorted(d for d in defaults if d is not None):
