@@ -122,9 +122,11 @@ def run_key(settings: dict) -> tuple:
     return None if value is None else float(f"{value:.6g}"), settings["seed"]  # as evaluations.csv writes it
 
 
-def split_by_run(evaluations: Path | None, flag: str | None = None) -> dict[tuple, list[str]]:
+def split_by_run(evaluations: Path | None, flag: str | None = None,
+                 only_value: float | None = None) -> dict[tuple, list[str]]:
     """Header plus rows of each (swept value, seed), from a run's evaluations.csv (one row per seed and value per
-    evaluation; the value is None without a sweep)."""
+    evaluation; the value is None without a sweep). A one-value sweep is a plain flag to the script, so its rows
+    name no value: they are only_value's."""
     if not evaluations or not evaluations.is_file():
         return {}
     header, *rows = evaluations.read_text().splitlines()
@@ -132,7 +134,7 @@ def split_by_run(evaluations: Path | None, flag: str | None = None) -> dict[tupl
     by_run = defaultdict(list)
     for row in rows:
         cells = row.split(",")
-        value = float(cells[columns.index(flag)]) if flag else None
+        value = float(cells[columns.index(flag)]) if flag in columns else only_value
         by_run[value, int(float(cells[columns.index("seed")]))].append(row)
     return {key: [header, *run_rows] for key, run_rows in by_run.items()}
 
@@ -266,7 +268,8 @@ def run_program(cells: list[tuple[dict, Path]], machine: str, work_dir: Path, lo
         code = launch(command, work_dir, log)
         wall = attempt["wall_s"] + time.time() - start
         run_dir = newest_run_dir(work_dir, attempt["exp_name"])
-        by_run = split_by_run(run_dir / "evaluations.csv" if run_dir else None, flag)
+        only_value = run_key(first)[0] if flag and len(values) == 1 else None
+        by_run = split_by_run(run_dir / "evaluations.csv" if run_dir else None, flag, only_value)
         steps_done = min((int(float(by_run[run_key(c)][-1].split(",")[0])) if len(by_run.get(run_key(c), [])) > 1
                           else 0) for c, _ in cells)
         if code == 0 and steps_done < first["total_steps"]:

@@ -14,7 +14,8 @@ from tests.helpers import small_grid, write_cell
 
 def fake_sweep_script(launched: list):
     """Stands in for `run.launch`: a script sweeping --expectile, its evaluations.csv a row per value, seed and step;
-    each row's score is 100 x value + seed, so every record can be checked to hold its own rows."""
+    each row's score is 100 x value + seed, so every record can be checked to hold its own rows. As the real
+    scripts do, it names the value in a column only when there are several (one value is a plain flag)."""
     def fake_launch(command, cwd, log=None):
         launched.append(command)
         at = command.index("--expectile") + 1
@@ -26,10 +27,11 @@ def fake_sweep_script(launched: list):
         num_seeds = int(command[command.index("--num-seeds") + 1]) if "--num-seeds" in command else 1
         run_dir = cwd / "runs" / f"env__{command[command.index('--exp-name') + 1]}__0__1"
         run_dir.mkdir(parents=True, exist_ok=True)
-        rows = "".join(f"{step},{v:.6g},{s},1,0,10,{100 * v + s},1\n" for step in (100, 200) for v in values
-                       for s in range(seed, seed + num_seeds))
-        (run_dir / "evaluations.csv").write_text("step,expectile,seed,wall_s,return_std,charts/episodic_return,"
-                                                 "charts/normalized_score,values/q\n" + rows)
+        named = len(values) > 1
+        rows = "".join(f"{step},{f'{v:.6g},' if named else ''}{s},1,0,10,{100 * v + s},1\n" for step in (100, 200)
+                       for v in values for s in range(seed, seed + num_seeds))
+        (run_dir / "evaluations.csv").write_text(f"step,{'expectile,' if named else ''}seed,wall_s,return_std,"
+                                                 "charts/episodic_return,charts/normalized_score,values/q\n" + rows)
         save_checkpoint(run_dir / "final.msgpack", {}, {"step": 200})
         return 0
     return fake_launch
@@ -66,6 +68,15 @@ def test_a_sweep_cell_trains_its_values_in_one_program_and_records_each(vmap_see
     assert len(launched) == len(programs) and "4 of 4 runs already done; 0 to go" in capsys.readouterr().out
     run.main(dataclasses.replace(grid, status=True))
     assert capsys.readouterr().out.splitlines() == ["hopper-medium__small_iql: done (expectile 0.6, 0.9 x seeds 0, 1)"]
+
+
+def test_a_sweep_of_one_value_records_it_though_the_scripts_csv_names_no_value(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.speed.machine", lambda: "test machine")
+    monkeypatch.setattr(run, "launch", fake_sweep_script([]))
+    run.main(small_grid("hopper-medium", tmp_path, seeds=(1,), sweep=("expectile", "0.9"), vmap_seeds=False))
+    stem = tmp_path / "results" / "hopper-medium" / "small_iql__expectile0p9__seed1"
+    assert json.loads(stem.with_suffix(".json").read_text())["outcome"] == "finished"
+    np.testing.assert_allclose(report.read_csv(stem.with_suffix(".csv"))["charts/normalized_score"], [91, 91])
 
 
 def test_status_names_a_sweep_cells_runs_one_by_one_where_they_are_not_a_full_grid():
