@@ -134,7 +134,7 @@ def split_by_run(evaluations: Path | None, flag: str | None = None,
     by_run = defaultdict(list)
     for row in rows:
         cells = row.split(",")
-        value = float(cells[columns.index(flag)]) if flag in columns else only_value
+        value = only_value if only_value is not None else float(cells[columns.index(flag)]) if flag else None
         by_run[value, int(float(cells[columns.index("seed")]))].append(row)
     return {key: [header, *run_rows] for key, run_rows in by_run.items()}
 
